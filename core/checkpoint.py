@@ -1,0 +1,307 @@
+"""Checkpoints: weights in safetensors plus a JSON manifest. Loading never unpickles code.
+
+A checkpoint is either
+
+* a directory holding ``weights.safetensors`` and ``manifest.json`` (what xaiscope writes), or
+* a single ``.safetensors`` file whose metadata carries the manifest under ``xaiscope.manifest``, or
+* a ``.pt``/``.pth`` state dict, read with ``torch.load(weights_only=True)``, with the manifest in a
+  ``manifest.json`` beside it or a sidecar ``<name>.json``.
+
+A *series* (what training writes, one checkpoint per epoch, for TracIn) is a directory of checkpoint
+directories ``epoch_001``, ``epoch_002``, … each with its own manifest (epoch, learning rate).
+
+The manifest records: format version, model kind and constructor config, input variable names and order,
+normalisation statistics, target, window length, training period, epoch, learning rate of that epoch, seed,
+data provenance (basin, files with sha256) and the sha256 of the weights file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from xaiscope.core.errors import CheckpointError
+from xaiscope.core.models import build_model
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "weights.safetensors"
+MANIFEST_FILE = "manifest.json"
+METADATA_KEY = "xaiscope.manifest"
+REQUIRED_FIELDS = ("format_version", "kind", "config")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the model (in eval mode, on the CPU), its manifest and identity."""
+
+    model: nn.Module
+    manifest: dict[str, Any]
+    path: Path
+    sha256: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["kind"]
+
+    @property
+    def inputs(self) -> list[str]:
+        return list(self.manifest.get("inputs", []))
+
+    @property
+    def stats(self) -> dict[str, dict[str, float]]:
+        return dict(self.manifest.get("normalisation", {}))
+
+    @property
+    def label(self) -> str:
+        """Short human label: kind, basin and epoch."""
+        m = self.manifest
+        basin = (m.get("data") or {}).get("basin_id", "")
+        epoch = m.get("epoch")
+        bits = [m.get("name") or self.path.name, basin, f"epoch {epoch}" if epoch is not None else ""]
+        return " · ".join(b for b in bits if b)
+
+
+def _json_default(obj):
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def save_checkpoint(directory: str | Path, model: nn.Module, manifest: dict[str, Any]) -> Path:
+    """Write ``model``'s weights (safetensors) and ``manifest`` (JSON) into ``directory``; return it.
+
+    ``manifest`` must hold ``kind`` and ``config``; the format version and the weights' sha256 are added.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    missing = [k for k in ("kind", "config") if k not in manifest]
+    if missing:
+        raise ValueError(f"manifest lacks {missing}")
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    weights = directory / WEIGHTS_FILE
+    tmp = weights.with_suffix(".tmp")
+    save_file(state, str(tmp))
+    tmp.replace(weights)
+    full = {"format_version": FORMAT_VERSION, **manifest, "weights_file": WEIGHTS_FILE,
+            "weights_sha256": sha256_file(weights)}
+    (directory / MANIFEST_FILE).write_text(json.dumps(full, indent=2, default=_json_default))
+    return directory
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: manifest is not valid JSON ({err}); re-save the checkpoint.") from err
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read manifest ({err.strerror}).") from err
+    return _check_manifest(manifest, path)
+
+
+def _check_manifest(manifest: Any, where: Path) -> dict[str, Any]:
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{where}: manifest must be a JSON object, got {type(manifest).__name__}.")
+    missing = [k for k in REQUIRED_FIELDS if k not in manifest]
+    if missing:
+        raise CheckpointError(
+            f"{where}: manifest lacks {', '.join(missing)}; a checkpoint manifest needs at least "
+            f"{', '.join(REQUIRED_FIELDS)} (see `xaiscope train --help`)."
+        )
+    version = manifest["format_version"]
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{where}: checkpoint format version {version!r} is newer than this xaiscope understands "
+            f"({FORMAT_VERSION}); upgrade xaiscope."
+        )
+    if not isinstance(manifest["config"], dict):
+        raise CheckpointError(f"{where}: manifest field 'config' must be an object of constructor arguments.")
+    return manifest
+
+
+def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        tensors = {}
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            metadata = fh.metadata() or {}
+            for key in fh.keys():
+                tensors[key] = fh.get_tensor(key)
+        return tensors, metadata
+    except Exception as err:  # safetensors raises its own SafetensorError / OSError variants
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({err}). The file may be truncated or corrupted; "
+            "copy it again or re-export it."
+        ) from err
+
+
+def _load_pt(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path}: refused: this .pt file holds more than tensors (loading it would run code from the file: "
+            f"{str(err).splitlines()[0]}). Save a plain state dict (`torch.save(model.state_dict(), …)`) or "
+            "safetensors instead."
+        ) from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot read this .pt file ({err}); it may be truncated or corrupted.") from err
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: expected a state dict (name → tensor), got {type(obj).__name__}.")
+    return obj
+
+
+def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], where: Path | str) -> None:
+    """Load ``state`` into ``model``; mismatched keys or shapes get an error naming the tensor."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    problems = []
+    if missing:
+        problems.append(f"missing tensor(s) {missing[:5]}")
+    if unexpected:
+        problems.append(f"unexpected tensor(s) {unexpected[:5]}")
+    for key, tensor in state.items():
+        if key in expected and tuple(tensor.shape) != tuple(expected[key].shape):
+            problems.append(
+                f"tensor {key!r} has shape {tuple(tensor.shape)} but the model built from the manifest expects "
+                f"{tuple(expected[key].shape)}"
+            )
+    if problems:
+        raise CheckpointError(
+            f"{where}: weights do not fit the model described by the manifest: {'; '.join(problems)}. "
+            "Check that the manifest's config (sizes, layers, inputs) belongs to these weights."
+        )
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+
+
+def _resolve(path: Path) -> tuple[Path, Path | None, str]:
+    """(weights file, manifest file or None, format) for a checkpoint path."""
+    if path.is_dir():
+        if (path / MANIFEST_FILE).exists():
+            manifest = _read_manifest(path / MANIFEST_FILE)
+            weights = path / manifest.get("weights_file", WEIGHTS_FILE)
+            if not weights.exists():
+                raise CheckpointError(f"{path}: manifest found but weights file {weights.name!r} is missing.")
+            fmt = "pt" if weights.suffix in (".pt", ".pth") else "safetensors"
+            return weights, path / MANIFEST_FILE, fmt
+        epochs = sorted(p for p in path.iterdir() if p.is_dir() and (p / MANIFEST_FILE).exists())
+        if epochs:
+            return _resolve(epochs[-1])
+        raise CheckpointError(
+            f"{path}: no {MANIFEST_FILE} here (nor in epoch sub-folders); a checkpoint directory holds "
+            f"{WEIGHTS_FILE} and {MANIFEST_FILE}."
+        )
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file or directory.")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        sidecar = path.with_suffix(".json")
+        return path, (sidecar if sidecar.exists() else None), "safetensors"
+    if suffix in (".pt", ".pth", ".bin"):
+        for cand in (path.with_suffix(".json"), path.parent / MANIFEST_FILE):
+            if cand.exists():
+                return path, cand, "pt"
+        raise CheckpointError(
+            f"{path}: a .pt state dict needs a manifest (model kind and config): put {MANIFEST_FILE} or "
+            f"{path.with_suffix('.json').name} beside it."
+        )
+    if suffix == ".json":
+        return _resolve(path.parent)
+    raise CheckpointError(
+        f"{path}: unknown checkpoint type {suffix!r}; give a checkpoint directory, a .safetensors file, or a "
+        ".pt state dict with a manifest."
+    )
+
+
+def load_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
+    """Load a checkpoint (see module doc) into a model in eval mode on the CPU.
+
+    ``verify`` checks the weights file against the sha256 recorded in the manifest.
+    """
+    path = Path(path).expanduser()
+    weights, manifest_path, fmt = _resolve(path)
+    digest = sha256_file(weights)
+    if fmt == "pt":
+        state, metadata = _load_pt(weights), {}
+    else:
+        state, metadata = _load_safetensors(weights)
+    if manifest_path is not None:
+        manifest = _read_manifest(manifest_path)
+    elif METADATA_KEY in metadata:
+        try:
+            manifest = _check_manifest(json.loads(metadata[METADATA_KEY]), weights)
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{weights}: embedded manifest is not valid JSON ({err}).") from err
+    else:
+        raise CheckpointError(
+            f"{weights}: no manifest: put {MANIFEST_FILE} beside it or embed one in the safetensors metadata "
+            f"under {METADATA_KEY!r} (see `xaiscope export --help`)."
+        )
+    recorded = manifest.get("weights_sha256")
+    if verify and recorded and manifest_path is not None and recorded != digest:
+        raise CheckpointError(
+            f"{weights}: sha256 {digest[:12]}… does not match the manifest's {str(recorded)[:12]}…; the weights "
+            "were changed or corrupted after saving."
+        )
+    model = build_model(manifest["kind"], manifest["config"])
+    load_state_into(model, state, weights)
+    model.eval()
+    return Checkpoint(model=model, manifest=manifest, path=path, sha256=digest)
+
+
+def list_series(run_dir: str | Path) -> list[Path]:
+    """The epoch checkpoints of a training run, in epoch order."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: not a directory; a checkpoint series is a folder of epoch_NNN folders.")
+    found = []
+    for p in run_dir.iterdir():
+        m = re.fullmatch(r"epoch_(\d+)", p.name)
+        if m and (p / MANIFEST_FILE).exists():
+            found.append((int(m.group(1)), p))
+    if not found:
+        raise CheckpointError(f"{run_dir}: no epoch_NNN checkpoint folders found.")
+    return [p for _, p in sorted(found)]
+
+
+def load_series(run_dir: str | Path) -> list[Checkpoint]:
+    """Every epoch checkpoint of a run (for TracIn: each manifest holds its epoch's learning rate)."""
+    return [load_checkpoint(p) for p in list_series(run_dir)]
+
+
+def export_safetensors(checkpoint: Checkpoint, out: str | Path) -> Path:
+    """Write ``checkpoint`` as one self-describing ``.safetensors`` file with the manifest in its metadata."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    state = {k: v.detach().cpu().contiguous() for k, v in checkpoint.model.state_dict().items()}
+    manifest = {k: v for k, v in checkpoint.manifest.items() if k not in ("weights_file", "weights_sha256")}
+    manifest["source_sha256"] = checkpoint.sha256
+    save_file(state, str(out), metadata={METADATA_KEY: json.dumps(manifest, default=_json_default)})
+    return out

@@ -1,0 +1,4 @@
+"""xaiscope.data: readers and generators of geoscience datasets, returned as xarray objects with CF names and units.
+
+Never imports panel or torch models.
+"""

@@ -1,0 +1,21 @@
+"""Error types of the data layer. Every message says what is wrong and how to fix it."""
+
+
+class DataError(ValueError):
+    """A data file or dataset that xaiscope cannot use as it is."""
+
+
+class DataFileError(DataError):
+    """A file that cannot be read: the message names the file and the problem."""
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class UnknownBasinError(DataError, KeyError):
+    """A basin id that is not in the given CAMELS folder."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

@@ -36,7 +36,7 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "manifest.json"
 METADATA_KEY = "xaiscope.manifest"
-REQUIRED_FIELDS = ("format_version", "kind", "config")
+REQUIRED_FIELDS = ("kind", "config")
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -130,7 +130,7 @@ def _check_manifest(manifest: Any, where: Path) -> dict[str, Any]:
             f"{where}: manifest lacks {', '.join(missing)}; a checkpoint manifest needs at least "
             f"{', '.join(REQUIRED_FIELDS)} (see `xaiscope train --help`)."
         )
-    version = manifest["format_version"]
+    version = manifest.setdefault("format_version", FORMAT_VERSION)
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(
             f"{where}: checkpoint format version {version!r} is newer than this xaiscope understands "

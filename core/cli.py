@@ -1,0 +1,235 @@
+"""The ``xaiscope`` command line: train, states, evaluate, info, export, serve."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from xaiscope.core.errors import USER_ERRORS
+
+log = logging.getLogger("xaiscope")
+
+DATA_HELP = ("basin data: 'demo' (bundled CAMELS-US basin 01031500), 'synthetic[:SEED]', a CAMELS-US folder "
+             "(with --basin), a forcing .txt file, or a NetCDF basin file (default: demo)")
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:N or mps (default: CUDA if available, then MPS, else CPU)")
+
+
+# ---------------------------------------------------------------------------------------------- train
+def _cmd_train_hydro(args) -> int:
+    from xaiscope.core.hydro import open_basin_data
+    from xaiscope.core.train import HydroTrainConfig, train_hydro
+
+    ds = open_basin_data(args.data, args.basin)
+    cfg = HydroTrainConfig(
+        epochs=args.epochs, hidden_size=args.hidden_size, num_layers=args.num_layers, dropout=args.dropout,
+        batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed, device=args.device,
+        train_period=(args.train_start, args.train_end), test_period=(args.test_start, args.test_end),
+        window=args.window,
+    )
+    res = train_hydro(ds, args.out, cfg, progress=not args.quiet)
+    last = json.loads((Path(args.out) / f"epoch_{cfg.epochs:03d}" / "manifest.json").read_text())
+    m = last["test_metrics"]
+    print(f"checkpoints: {res.out}/epoch_001 … epoch_{cfg.epochs:03d}")
+    print(f"test {cfg.test_period[0]}..{cfg.test_period[1]}: NSE {m['nse']:.3f}  KGE {m['kge']:.3f}  "
+          f"(negative days: {m['negative_days']})")
+    if "benchmark_nse" in m:
+        print(f"SAC-SMA+Snow-17 (CAMELS model output), same days: NSE {m['benchmark_nse']:.3f}  "
+              f"KGE {m['benchmark_kge']:.3f}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- states
+def _cmd_states(args) -> int:
+    from xaiscope.core import hydro
+
+    ckpt = hydro.load_hydro(args.checkpoint)
+    ds = hydro.open_basin_data(args.data, args.basin)
+    if args.continuous:
+        out = hydro.continuous_states(ckpt, ds, args.start, args.end, device=args.device)
+    else:
+        if not args.date:
+            raise SystemExit("xaiscope states: error: give --date YYYY-MM-DD (window mode) or --continuous")
+        out = hydro.window_states(ckpt, ds, args.date, device=args.device)
+    out.attrs["data"] = str(args.data or "demo")
+    out.attrs["command"] = " ".join(["xaiscope", *sys.argv[1:]]) if sys.argv else "xaiscope states"
+    out.attrs["history"] = "written by xaiscope states"
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    out.to_netcdf(args.out)
+    dims = ", ".join(f"{k}={v}" for k, v in out.sizes.items())
+    print(f"wrote {args.out}: c, h, i, f, g, o ({dims}); checkpoint sha256 {ckpt.sha256[:12]}…")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- evaluate
+def _cmd_evaluate(args) -> int:
+    from xaiscope.core import hydro
+
+    ckpt = hydro.load_hydro(args.checkpoint)
+    ds = hydro.open_basin_data(args.data, args.basin)
+    start = args.start or ckpt.manifest.get("test_period", [None, None])[0]
+    end = args.end or ckpt.manifest.get("test_period", [None, None])[1]
+    sim = hydro.simulate(ckpt, ds, start, end, device=args.device)
+    obs = ds[ckpt.manifest.get("target", "qobs")].sel(time=sim.time)
+    res = {"period": [str(start), str(end)], "model": hydro.skill(obs.values, sim.values)}
+    if "q_benchmark" in ds:
+        res["sac_sma_snow17"] = hydro.skill(obs.values, ds["q_benchmark"].sel(time=sim.time).values)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        for who, m in res.items():
+            if who == "period":
+                continue
+            print(f"{who:>15}: NSE {m['nse']:.3f}  KGE {m['kge']:.3f}  r {m['r']:.3f}  alpha {m['alpha']:.3f}  "
+                  f"beta {m['beta']:.3f}  n={m['n']}  negative days={m['negative_days']}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- info/export
+def _cmd_info(args) -> int:
+    from xaiscope.core.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(args.checkpoint)
+    if args.json:
+        print(json.dumps({**ckpt.manifest, "sha256": ckpt.sha256}, indent=2))
+        return 0
+    m = ckpt.manifest
+    n_params = sum(p.numel() for p in ckpt.model.parameters())
+    print(f"{ckpt.path}\n  kind: {m['kind']}  config: {m['config']}  parameters: {n_params}")
+    print(f"  sha256: {ckpt.sha256}")
+    for key in ("inputs", "target", "window", "epoch", "learning_rate", "seed", "train_period", "test_period"):
+        if key in m:
+            print(f"  {key}: {m[key]}")
+    if "data" in m:
+        print(f"  data: basin {m['data'].get('basin_id')} {m['data'].get('start')}..{m['data'].get('end')}")
+    if "test_metrics" in m:
+        t = m["test_metrics"]
+        print(f"  test NSE {t.get('nse', float('nan')):.3f}  KGE {t.get('kge', float('nan')):.3f}")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from xaiscope.core.checkpoint import export_safetensors, load_checkpoint
+
+    out = export_safetensors(load_checkpoint(args.checkpoint), args.out)
+    print(f"wrote {out} (weights and manifest in one safetensors file)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- serve
+def _cmd_serve(args) -> int:
+    from xaiscope.dashboard.app import serve
+
+    serve(port=args.port, address=args.address, checkpoints=args.checkpoint or [], data=args.data or [],
+          device=args.device, show=args.show)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xaiscope", description="Look inside trained geoscience neural networks.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    # train
+    p_train = sub.add_parser("train", help="train a model and save a checkpoint every epoch")
+    train_sub = p_train.add_subparsers(dest="model", metavar="MODEL", required=True)
+    p = train_sub.add_parser(
+        "hydro", help="rainfall-runoff LSTM (Kratzert et al. 2018) on one basin",
+        description="Train the Kratzert et al. (2018) LSTM on one basin; writes OUT/epoch_NNN every epoch and "
+                    "reports test NSE/KGE beside the SAC-SMA+Snow-17 benchmark.")
+    p.add_argument("--data", default="demo", help=DATA_HELP)
+    p.add_argument("--basin", default=None, help="8-digit basin id (needed with a CAMELS folder)")
+    p.add_argument("--out", required=True, help="output folder for the checkpoint series")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--hidden-size", type=int, default=20)
+    p.add_argument("--num-layers", type=int, default=2)
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (halved at epochs 20 and 25)")
+    p.add_argument("--window", type=int, default=365, help="input sequence length in days")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-start", default="1980-10-01")
+    p.add_argument("--train-end", default="1995-09-30")
+    p.add_argument("--test-start", default="1995-10-01")
+    p.add_argument("--test-end", default="2010-09-30")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_device(p)
+    p.set_defaults(func=_cmd_train_hydro)
+
+    # states
+    p = sub.add_parser(
+        "states", help="write every cell state, hidden state and gate of an LSTM checkpoint to NetCDF",
+        description="Per-timestep internals (c, h, i, f, g, o; dims time, layer, cell) of a hydro LSTM, for the "
+                    "window that ends on --date (window mode) or for the whole record (--continuous).")
+    p.add_argument("checkpoint", help="checkpoint folder or file")
+    p.add_argument("--data", default="demo", help=DATA_HELP)
+    p.add_argument("--basin", default=None, help="8-digit basin id (needed with a CAMELS folder)")
+    p.add_argument("--date", default=None, help="last day of the input window (YYYY-MM-DD)")
+    p.add_argument("--continuous", action="store_true", help="one pass over the whole record")
+    p.add_argument("--start", default=None, help="first day of the continuous pass")
+    p.add_argument("--end", default=None, help="last day of the continuous pass")
+    p.add_argument("--out", required=True, help="NetCDF file to write")
+    _add_device(p)
+    p.set_defaults(func=_cmd_states)
+
+    # evaluate
+    p = sub.add_parser("evaluate", help="NSE/KGE of a hydro checkpoint on a period, beside SAC-SMA+Snow-17")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", default="demo", help=DATA_HELP)
+    p.add_argument("--basin", default=None)
+    p.add_argument("--start", default=None, help="default: the checkpoint's test period")
+    p.add_argument("--end", default=None)
+    p.add_argument("--json", action="store_true")
+    _add_device(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+    # info
+    p = sub.add_parser("info", help="show a checkpoint's manifest")
+    p.add_argument("checkpoint")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_info)
+
+    # export
+    p = sub.add_parser("export", help="export a checkpoint as one self-describing .safetensors file")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_export)
+
+    # serve
+    p = sub.add_parser("serve", help="start the web app (default: on the bundled demo)")
+    p.add_argument("--port", type=int, default=5006)
+    p.add_argument("--address", default="127.0.0.1", help="interface to listen on (0.0.0.0 for all)")
+    p.add_argument("--checkpoint", action="append", help="extra checkpoint(s) to offer (repeatable)")
+    p.add_argument("--data", action="append", help="extra data to offer (repeatable): " + DATA_HELP)
+    p.add_argument("--show", action="store_true", help="open a browser tab")
+    _add_device(p)
+    p.set_defaults(func=_cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as err:
+        log.debug("user error", exc_info=True)
+        print(f"xaiscope {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""The rainfall-runoff pipeline: a checkpoint plus a basin Dataset → internals, simulations and skill.
+
+Everything the cell-state view and the ``xaiscope states`` command need, computed through the fast exact
+internals of :mod:`xaiscope.core.states`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+
+from xaiscope.core.checkpoint import Checkpoint, load_checkpoint
+from xaiscope.core.errors import XaiscopeError
+from xaiscope.core.metrics import kge_components, nse
+
+STATE_NAMES = ("c", "h", "i", "f", "g", "o")
+STATE_LONG_NAMES = {
+    "c": "LSTM cell state c_t",
+    "h": "LSTM hidden state h_t",
+    "i": "input gate activation i_t",
+    "f": "forget gate activation f_t",
+    "g": "cell input (candidate) g_t",
+    "o": "output gate activation o_t",
+}
+
+
+# --------------------------------------------------------------------------------------------- loading
+@functools.lru_cache(maxsize=16)
+def _load_cached(path: str, mtime: float) -> Checkpoint:
+    return load_checkpoint(path)
+
+
+def load_hydro(path: str | Path) -> Checkpoint:
+    """Load a hydrology checkpoint (cached by path and modification time)."""
+    path = Path(path).expanduser().resolve()
+    if not path.exists():
+        raise XaiscopeError(f"{path}: no such checkpoint; give a checkpoint folder or file (see `xaiscope train hydro`).")
+    ckpt = _load_cached(str(path), path.stat().st_mtime)
+    if not hasattr(ckpt.model, "lstm"):
+        raise XaiscopeError(f"{path}: model kind {ckpt.kind!r} has no LSTM; the cell-state tools need a hydro_lstm checkpoint.")
+    return ckpt
+
+
+def open_basin_data(spec: str | Path | None = None, basin: str | None = None) -> xr.Dataset:
+    """Open a basin Dataset from a short spec.
+
+    ``None``/``"demo"``: the bundled basin 01031500; ``"synthetic"`` or ``"synthetic:SEED"``: the synthetic snowy
+    basin; a CAMELS folder (with ``basin``); a forcing ``.txt`` file; or a NetCDF file of a basin Dataset.
+    """
+    from xaiscope.data import camels, synthetic
+
+    if spec is None or str(spec) == "demo":
+        return camels.demo_basin()
+    spec_s = str(spec)
+    if spec_s.startswith("synthetic"):
+        _, _, seed = spec_s.partition(":")
+        try:
+            return synthetic.synthetic_basin(seed=int(seed or 0))
+        except ValueError as err:
+            raise XaiscopeError(f"bad synthetic spec {spec_s!r}: write 'synthetic' or 'synthetic:SEED' ({err})") from err
+    path = Path(spec_s).expanduser()
+    if not path.exists():
+        raise XaiscopeError(
+            f"{path}: no such data file or folder. Give 'demo', 'synthetic[:SEED]', a CAMELS-US folder with "
+            "--basin, a forcing file, or a NetCDF basin file."
+        )
+    if path.suffix in (".nc", ".nc4", ".netcdf"):
+        try:
+            return xr.load_dataset(path)
+        except Exception as err:  # netCDF/HDF5 errors come in many types
+            raise XaiscopeError(f"{path}: cannot read as NetCDF ({err}).") from err
+    if path.is_dir():
+        if basin is None:
+            raise XaiscopeError(f"{path}: this is a folder; say which basin with --basin (an 8-digit USGS id).")
+        return camels.load_basin(path, basin)
+    return camels.load_basin(path, basin) if basin else camels.load_basin(path, None)
+
+
+# ------------------------------------------------------------------------------------------ inputs
+def _stats(ckpt: Checkpoint, var: str) -> tuple[float, float]:
+    try:
+        s = ckpt.manifest["normalisation"][var]
+        return float(s["mean"]), float(s["std"])
+    except (KeyError, TypeError) as err:
+        raise XaiscopeError(
+            f"checkpoint {ckpt.path} has no normalisation statistics for {var!r}; re-train or add them to its manifest."
+        ) from err
+
+
+def normalised_inputs(ckpt: Checkpoint, ds: xr.Dataset) -> np.ndarray:
+    """The checkpoint's inputs from ``ds`` in the checkpoint's order, normalised with its statistics: (T, n)."""
+    names = ckpt.inputs
+    missing = [v for v in names if v not in ds.data_vars]
+    if missing:
+        raise XaiscopeError(
+            f"the data lack input variable(s) {missing} that checkpoint {ckpt.path.name} was trained on "
+            f"(it needs {names}; the data have {sorted(ds.data_vars)})."
+        )
+    cols = []
+    for v in names:
+        mean, std = _stats(ckpt, v)
+        cols.append((ds[v].values.astype(np.float64) - mean) / (std if std > 0 else 1.0))
+    x = np.stack(cols, axis=-1).astype(np.float32)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        t, j = np.argwhere(bad)[0]
+        raise XaiscopeError(
+            f"input {names[j]!r} is missing (NaN) on {pd.Timestamp(ds.time.values[t]).date()} "
+            f"and {int(bad.sum()) - 1} other value(s); fill the gaps in the forcing data first."
+        )
+    return x
+
+
+def _denormalise(ckpt: Checkpoint, y: np.ndarray) -> np.ndarray:
+    target = ckpt.manifest.get("target", "qobs")
+    mean, std = _stats(ckpt, target)
+    return y * std + mean
+
+
+def _device(device):
+    from xaiscope.core.device import choose_device
+
+    return choose_device(device) if not isinstance(device, torch.device) else device
+
+
+def _internals_dataset(internals, times, ckpt: Checkpoint, attrs: dict) -> xr.Dataset:
+    data_vars = {}
+    for name in STATE_NAMES:
+        arr = getattr(internals, name)[0].detach().to("cpu").numpy()  # (T, L, H)
+        data_vars[name] = xr.Variable(
+            ("time", "layer", "cell"), arr, {"long_name": STATE_LONG_NAMES[name], "units": "1"}
+        )
+    L, H = data_vars["c"].shape[1:]
+    ds = xr.Dataset(
+        data_vars,
+        coords={"time": times, "layer": np.arange(L), "cell": np.arange(H)},
+        attrs={
+            "Conventions": "CF-1.8",
+            "checkpoint_sha256": ckpt.sha256,
+            "checkpoint": str(ckpt.path),
+            "model_kind": ckpt.kind,
+            "inputs": json.dumps(ckpt.inputs),
+            **attrs,
+        },
+    )
+    return ds
+
+
+# ----------------------------------------------------------------------------------------- internals
+def window_length(ckpt: Checkpoint) -> int:
+    return int(ckpt.manifest.get("window", 365))
+
+
+def window_states(ckpt: Checkpoint, ds: xr.Dataset, date, device=None) -> xr.Dataset:
+    """Internals for the ``window``-day sequence that ends on ``date``, from a zero initial state."""
+    from xaiscope.core.states import lstm_internals
+
+    date = pd.Timestamp(date)
+    times = pd.DatetimeIndex(ds.time.values)
+    n = window_length(ckpt)
+    pos = times.searchsorted(date)
+    if pos >= len(times) or times[pos] != date:
+        raise XaiscopeError(
+            f"{date.date()} is not in the data ({times[0].date()} … {times[-1].date()}); pick a day inside the record."
+        )
+    if pos + 1 < n:
+        raise XaiscopeError(
+            f"{date.date()} is too early: the model needs {n} days of inputs before it, so the first possible "
+            f"day is {times[n - 1].date()}."
+        )
+    sub = ds.isel(time=slice(pos + 1 - n, pos + 1))
+    x = torch.from_numpy(normalised_inputs(ckpt, sub))[None]
+    dev = _device(device)
+    model = ckpt.model.to(dev)
+    internals = lstm_internals(model.lstm, x.to(dev))
+    with torch.inference_mode():
+        y = model.head(internals.h[:, -1, -1]).squeeze(-1).cpu().numpy()
+    out = _internals_dataset(internals, sub.time.values, ckpt, {
+        "mode": "window", "date": str(date.date()), "window": n,
+        "basin_id": str(ds.attrs.get("basin_id", "")),
+    })
+    out["qsim"] = xr.Variable((), float(_denormalise(ckpt, y)[0]),
+                              {"long_name": f"simulated streamflow on {date.date()}", "units": "mm/day"})
+    return out
+
+
+def continuous_states(ckpt: Checkpoint, ds: xr.Dataset, start=None, end=None, device=None) -> xr.Dataset:
+    """Internals over the whole record (or ``start``..``end``) in one pass from a zero initial state."""
+    from xaiscope.core.states import lstm_internals
+
+    sub = ds.sel(time=slice(start, end))
+    if sub.sizes["time"] == 0:
+        raise XaiscopeError(f"no data between {start} and {end}.")
+    x = torch.from_numpy(normalised_inputs(ckpt, sub))[None]
+    dev = _device(device)
+    model = ckpt.model.to(dev)
+    internals = lstm_internals(model.lstm, x.to(dev))
+    with torch.inference_mode():
+        y = model.head(internals.h[0, :, -1]).squeeze(-1).cpu().numpy()
+    out = _internals_dataset(internals, sub.time.values, ckpt, {
+        "mode": "continuous", "start": str(pd.Timestamp(sub.time.values[0]).date()),
+        "end": str(pd.Timestamp(sub.time.values[-1]).date()),
+        "basin_id": str(ds.attrs.get("basin_id", "")),
+    })
+    out["qsim"] = xr.Variable(("time",), _denormalise(ckpt, y).astype(np.float32),
+                              {"long_name": "simulated streamflow (continuous pass)", "units": "mm/day"})
+    return out
+
+
+def simulate(ckpt: Checkpoint, ds: xr.Dataset, start=None, end=None, device=None,
+             batch_size: int = 2048) -> xr.DataArray:
+    """Each day's discharge predicted from its own ``window``-day input sequence (as in training).
+
+    Days in ``start``..``end`` without a full window of inputs before them are NaN.
+    """
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    n = window_length(ckpt)
+    x_all = normalised_inputs(ckpt, ds)
+    times = pd.DatetimeIndex(ds.time.values)
+    lo = 0 if start is None else times.searchsorted(pd.Timestamp(start))
+    hi = len(times) if end is None else times.searchsorted(pd.Timestamp(end), side="right")
+    out = np.full(hi - lo, np.nan, dtype=np.float32)
+    first = max(lo, n - 1)
+    if first < hi:
+        windows = sliding_window_view(x_all, n, axis=0)  # (T-n+1, n_in, n)
+        dev = _device(device)
+        model = ckpt.model.to(dev).eval()
+        preds = []
+        with torch.inference_mode():
+            for b in range(first, hi, batch_size):
+                e = min(b + batch_size, hi)
+                xb = torch.from_numpy(np.ascontiguousarray(windows[b - n + 1: e - n + 1].transpose(0, 2, 1)))
+                preds.append(model(xb.to(dev)).reshape(-1).cpu().numpy())
+        out[first - lo:] = _denormalise(ckpt, np.concatenate(preds))
+    target = ckpt.manifest.get("target", "qobs")
+    return xr.DataArray(out, coords={"time": times[lo:hi]}, dims="time", name="qsim",
+                        attrs={"long_name": f"simulated {target} (one {n}-day window per day)", "units": "mm/day",
+                               "checkpoint_sha256": ckpt.sha256})
+
+
+def skill(obs, sim) -> dict:
+    """NSE, KGE (with r, alpha, beta), the number of compared days and of negative (impossible) simulated days."""
+    obs = np.asarray(obs, dtype=np.float64)
+    sim = np.asarray(sim, dtype=np.float64)
+    ok = np.isfinite(obs) & np.isfinite(sim)
+    return {"nse": nse(obs, sim), **kge_components(obs, sim), "n": int(ok.sum()),
+            "negative_days": int(np.sum(sim[np.isfinite(sim)] < 0))}

@@ -19,3 +19,12 @@ class UnknownBasinError(DataError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class DataParameterError(DataError):
+    """A bad argument to a data function: the message names the parameter, the value and the fix."""
+
+    def __init__(self, parameter: str, problem: str):
+        self.parameter = parameter
+        self.problem = problem
+        super().__init__(f"{parameter}: {problem}")

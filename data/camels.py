@@ -18,7 +18,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -118,8 +118,8 @@ def _read_text(path: Path, what: str) -> tuple[str, str]:
     return text, sha
 
 
-def _tokenise(lines: Sequence[str], first_line_no: int, ncols: int, path: Path, what: str,
-              allowed: Iterable[int] | None = None) -> tuple[list[list[str]], np.ndarray]:
+def _tokenise(lines: Sequence[str], first_line_no: int, ncols: int, path: Path,
+              what: str) -> tuple[list[list[str]], np.ndarray]:
     """Split data lines on whitespace; every non-blank line must have ``ncols`` fields."""
     rows, numbers = [], []
     for k, line in enumerate(lines):
@@ -151,7 +151,7 @@ def _to_float(cells: np.ndarray, line_numbers: np.ndarray, names: Sequence[str],
                     float(cells[r, c])
                 except (ValueError, OverflowError):
                     raise DataFileError(
-                        path, f"line {line_numbers[r]}, column {names[c]!r}: {cells[r, c]!r} is not a number "
+                        path, f"line {line_numbers[r]}, column {names[c]!r}: {str(cells[r, c])!r} is not a number "
                               "(fix the value or download the file again).") from None
         raise DataFileError(path, "contains values that are not numbers; download the file again.") from None
 
@@ -165,7 +165,7 @@ def _dates(year: np.ndarray, month: np.ndarray, day: np.ndarray, line_numbers: n
     if bad.any():
         r = int(np.flatnonzero(bad)[0])
         raise DataFileError(
-            path, f"line {line_numbers[r]}: {year[r]!r}-{month[r]!r}-{day[r]!r} is not a valid year-month-day "
+            path, f"line {line_numbers[r]}: {year[r]:g}-{month[r]:g}-{day[r]:g} is not a valid year-month-day "
                   "(fix the date columns or download the file again).")
     frame = pd.DataFrame({"year": year.astype(np.int64), "month": month.astype(np.int64),
                           "day": day.astype(np.int64)})
@@ -303,7 +303,7 @@ def read_forcing(path) -> xr.Dataset:
         bad = ~np.isfinite(values[:, k])
         if bad.any():
             r = int(np.flatnonzero(bad)[0])
-            raise DataFileError(path, f"line {line_numbers[r]}, column {names[k]!r}: value {cells[r, k]!r} is not "
+            raise DataFileError(path, f"line {line_numbers[r]}, column {names[k]!r}: value {str(cells[r, k])!r} is not "
                                       "finite; forcing data may not have gaps (fix the value).")
 
     ds = xr.Dataset(coords={"time": ("time", time, _TIME_ATTRS)})
@@ -359,7 +359,7 @@ def read_streamflow(path, area_km2: float) -> xr.Dataset:
     q_cfs = values[:, 3]
     if np.isinf(q_cfs).any():
         r = int(np.flatnonzero(np.isinf(q_cfs))[0])
-        raise DataFileError(path, f"line {line_numbers[r]}: discharge {cells[r, 4]!r} is not finite; fix the value.")
+        raise DataFileError(path, f"line {line_numbers[r]}: discharge {str(cells[r, 4])!r} is not finite; fix the value.")
     q_cfs = np.where(q_cfs < 0, np.nan, q_cfs)
     qobs = q_cfs * CFS_TO_M3S * 86400.0 / (area * 1e6) * 1000.0
 
@@ -427,7 +427,7 @@ def read_model_output(path) -> xr.Dataset:
         v = values[:, col[var]]
         if np.isinf(v).any():
             r = int(np.flatnonzero(np.isinf(v))[0])
-            raise DataFileError(path, f"line {line_numbers[r]}: {header[col[var]]} value {cells[r, col[var]]!r} "
+            raise DataFileError(path, f"line {line_numbers[r]}: {header[col[var]]} value {str(cells[r, col[var]])!r} "
                                       "is not finite; fix the value.")
 
     ds = xr.Dataset(coords={"time": ("time", time, _TIME_ATTRS)})
@@ -559,7 +559,7 @@ def load_basin(root, basin_id=None, forcing: str = "daymet") -> xr.Dataset:
     ``root`` is a CAMELS folder in its original layout (files are found by glob; the HUC is not assumed) or a path
     straight to a forcing file with the streamflow / model output files next to it. ``qobs`` comes from the USGS
     streamflow file when there is one, else from OBS_RUN of the model output; ``swe`` and ``q_benchmark`` come
-    from the model output (NaN outside its period, all NaN with a ``comment`` when there is none).
+    from the model output (NaN outside its period; both are left out when there is no model output file).
     """
     if not isinstance(forcing, str) or not forcing:
         raise DataParameterError("forcing", f"{forcing!r} is not a forcing source name; use 'daymet', 'maurer' "
@@ -589,9 +589,6 @@ def load_basin(root, basin_id=None, forcing: str = "daymet") -> xr.Dataset:
     if model is not None:
         ds["swe"] = model["swe"]
         ds["q_benchmark"] = model["q_benchmark"]
-    else:
-        _attach(ds, "swe", nan.copy(), {"comment": "no model output file found: all NaN"})
-        _attach(ds, "q_benchmark", nan.copy(), {"comment": "no model output file found: all NaN"})
     ds["time"].attrs.update(_TIME_ATTRS)
     ds.attrs["basin_id"] = basin_id
     if Path(root).is_dir():
@@ -650,14 +647,25 @@ def load_basins(root, basins, forcing: str = "daymet") -> xr.Dataset:
     meta = {key: [m.attrs.get(key, np.nan) for m in members] for key in ("latitude", "elevation", "area")}
     names = [m.attrs.get("basin_name", "") for m in members]
     files = [f for m in members for f in json.loads(m.attrs["files"])]
+    all_vars = list(dict.fromkeys(v for m in members for v in m.data_vars))
+    var_attrs = {}
     for m in members:
+        for v in m.data_vars:
+            var_attrs.setdefault(v, dict(m[v].attrs))
+    for k, m in enumerate(members):
         m.attrs = {}
+        for v in all_vars:
+            if v not in m.data_vars:  # e.g. no model output (swe, q_benchmark) or no USGS file (qobs_flag)
+                fill = np.full(m.sizes["time"], "", dtype=object) if v == "qobs_flag" \
+                    else np.full(m.sizes["time"], np.nan)
+                members[k][v] = xr.DataArray(fill, dims="time")
     ds = xr.concat(members, dim=pd.Index(ids, name="basin"), join="outer", combine_attrs="drop_conflicts",
                    data_vars="all", coords="different", compat="equals")
     ds["time"].attrs.update(_TIME_ATTRS)
     for var in ds.data_vars:
-        ds[var].attrs = dict(members[0][var].attrs)
-        ds[var].attrs.pop("comment", None)
+        ds[var].attrs = {k: v for k, v in var_attrs[var].items() if k != "comment"}
+    if "qobs_flag" in ds:
+        ds["qobs_flag"] = ds["qobs_flag"].fillna("")
     ds = ds.assign_coords(
         latitude=("basin", np.asarray(meta["latitude"], float), {"units": "degrees_north", "standard_name": "latitude"}),
         elevation=("basin", np.asarray(meta["elevation"], float), {"units": "m", "long_name": "mean basin elevation"}),

@@ -208,8 +208,8 @@ def synthetic_basin(seed: int = 0, start="1980-01-01", end="2014-12-31", **param
     """A synthetic basin Dataset with known storages; same ``seed`` and parameters give identical data.
 
     Parameters are keyword arguments overriding :data:`DEFAULT_PARAMS` (a snowy basin like northern Maine).
-    Returns the basin-Dataset variables (``prcp srad tmax tmin vp dayl tmean qobs swe q_benchmark``; the latter
-    all NaN: there is no benchmark model) plus the truth: ``soil_moisture``, ``groundwater``, ``routing_store``,
+    Returns the basin-Dataset variables (``prcp srad tmax tmin vp dayl tmean qobs swe``; no ``q_benchmark``:
+    there is no benchmark model) plus the truth: ``soil_moisture``, ``groundwater``, ``routing_store``,
     ``pet`` and ``et``. Storages are end-of-day values; ``attrs['initial_storage']`` is the total storage (mm)
     before the first day, so the balance of day one closes too.
     """
@@ -243,9 +243,6 @@ def synthetic_basin(seed: int = 0, start="1980-01-01", end="2014-12-31", **param
                               attrs={**VARIABLE_ATTRS["qobs"], "comment": "true simulated streamflow (no noise)"})
     ds["swe"] = xr.DataArray(h["swe"][keep], dims="time",
                              attrs={**VARIABLE_ATTRS["swe"], "comment": "true end-of-day storage"})
-    ds["q_benchmark"] = xr.DataArray(np.full(len(time), np.nan), dims="time",
-                                     attrs={**VARIABLE_ATTRS["q_benchmark"],
-                                            "comment": "no benchmark model for a synthetic basin: all NaN"})
     for name in ("soil_moisture", "groundwater", "routing_store"):
         ds[name] = xr.DataArray(h[name][keep], dims="time",
                                 attrs={**VARIABLE_ATTRS[name],

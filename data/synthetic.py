@@ -227,7 +227,7 @@ def synthetic_basin(seed: int = 0, start="1980-01-01", end="2014-12-31", **param
     spin = p["spinup_days"]
     full = pd.date_range(time[0] - pd.Timedelta(days=spin), time[-1], freq="D", unit="ns")
     rng = np.random.default_rng(int(seed))
-    w = _weather(rng, full.dayofyear.to_numpy().astype(float), p)
+    w = _weather(rng, full.day_of_year.to_numpy().astype(float), p)
     h = _hydrology(w, p)
 
     keep = slice(spin, None)

@@ -236,7 +236,7 @@ def simulate(ckpt: Checkpoint, ds: xr.Dataset, start=None, end=None, device=None
         with torch.inference_mode():
             for b in range(first, hi, batch_size):
                 e = min(b + batch_size, hi)
-                xb = torch.from_numpy(np.ascontiguousarray(windows[b - n + 1: e - n + 1].transpose(0, 2, 1)))
+                xb = torch.from_numpy(windows[b - n + 1: e - n + 1].transpose(0, 2, 1).copy())
                 preds.append(model(xb.to(dev)).reshape(-1).cpu().numpy())
         out[first - lo:] = _denormalise(ckpt, np.concatenate(preds))
     target = ckpt.manifest.get("target", "qobs")

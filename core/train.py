@@ -67,7 +67,8 @@ def _provenance(ds: xr.Dataset) -> dict:
         "basin_id": str(ds.attrs.get("basin_id", "")),
         "basin_name": str(ds.attrs.get("basin_name", "")),
         "source": str(ds.attrs.get("source", "")),
-        "files": files,
+        "files": [{"name": Path(f.get("path", f.get("name", ""))).name, "sha256": f.get("sha256", "")}
+                  for f in files if isinstance(f, dict)],
         "start": str(pd.Timestamp(ds.time.values[0]).date()),
         "end": str(pd.Timestamp(ds.time.values[-1]).date()),
     }
@@ -134,7 +135,7 @@ def train_hydro(ds: xr.Dataset, out: str | Path, config: HydroTrainConfig | None
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
             count += len(idx)
         model.eval()
         manifest = {

@@ -316,7 +316,9 @@ def read_forcing(path) -> xr.Dataset:
     attrs = {}
     if basin_id:
         attrs["basin_id"] = basin_id
-    source = path.parent.parent.name if path.parent.parent.name else "unknown"
+    known = {"daymet", "maurer", "nldas", "maurer_extended", "nldas_extended"}
+    source = next((part for part in reversed(path.parent.parts) if part in known), None) \
+        or next((k for k in sorted(known, key=len, reverse=True) if k in path.name), "unknown source")
     attrs.update({
         "latitude": latitude, "elevation": elevation, "area": area_m2 / 1e6,
         "source": f"CAMELS-US basin-mean forcing ({source}), Newman et al. (2015), file {path.name}",

@@ -14,6 +14,8 @@ Lags are counted in time steps of the state series; for the daily hydrology mode
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -24,6 +26,11 @@ import xarray as xr
 
 from xaiscope.core.errors import XaiscopeError
 
+try:  # optional: ships with scikit-learn
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover - depends on the environment
+    threadpool_limits = None
+
 __all__ = ["cell_correlations", "best_cell", "ridge_probe", "DEFAULT_ALPHAS"]
 
 #: Ridge penalties tried by :func:`ridge_probe` (on standardised features).
@@ -33,6 +40,25 @@ DEFAULT_ALPHAS: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 1e1, 1e2, 1e3)
 # (after centring on its overall mean) is treated as constant: r is NaN. Float64 round-off in the
 # moment sums is ~T * 2e-16, far below this, so only (numerically) constant series are caught.
 _CONST_RTOL = 1e-10
+
+# Memory for the lag-shifted copies of the variables (the lags are processed in chunks).
+_CHUNK_BYTES = 64 * 2**20
+
+
+def _single_threaded_blas(func):
+    """Run ``func`` with one BLAS thread.
+
+    The matrices here are small (time x a few hundred columns); multi-threaded BLAS gains little on
+    them and, on a busy machine (a served dashboard, model training alongside), thread
+    oversubscription made the ridge probe tens of times slower. Without threadpoolctl this is a no-op.
+    """
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        ctx = (threadpool_limits(limits=1, user_api="blas") if threadpool_limits is not None
+               else contextlib.nullcontext())
+        with ctx:
+            return func(*args, **kwargs)
+    return wrapper
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,32 +153,73 @@ def _variable_vector(name: str, value: Any, T: int, time_index: pd.Index | None)
 # correlations
 # --------------------------------------------------------------------------------------------
 
-def _pairwise_r(X: np.ndarray, MX: np.ndarray, Y: np.ndarray, MY: np.ndarray, min_periods: int):
-    """Pairwise-complete Pearson r between all columns of X (T, K) and of Y (T, V).
-
-    X and Y hold zeros where missing; MX, MY are the float 0/1 masks of valid entries.
-    Every moment is a matrix product over time, so the cost is a handful of BLAS calls.
-    Returns (r (K, V), n (K, V)).
-    """
-    n = MX.T @ MY
-    sx = X.T @ MY
-    sxx = (X * X).T @ MY
-    sy = MX.T @ Y
-    syy = MX.T @ (Y * Y)
-    sxy = X.T @ Y
+def _r_from_moments(n, sx, sxx, sy, syy, sxy, min_periods: int):
+    """Pearson r (and n) from pairwise sums over the paired samples; NaN where undefined."""
+    n, sx, sxx, sy, syy = np.broadcast_arrays(n, sx, sxx, sy, syy)
     with np.errstate(divide="ignore", invalid="ignore"):
         mx, my = sx / n, sy / n
         msx, msy = sxx / n, syy / n
         vx = msx - mx * mx
         vy = msy - my * my
-        cov = sxy / n - mx * my
-        r = cov / np.sqrt(vx * vy)
+        r = (sxy / n - mx * my) / np.sqrt(vx * vy)
     bad = (n < min_periods) | (vx <= _CONST_RTOL * msx) | (vy <= _CONST_RTOL * msy)
     r[bad] = np.nan
     np.clip(r, -1.0, 1.0, out=r)
     return r, n
 
 
+def _shifted(B: np.ndarray, lags: np.ndarray) -> np.ndarray:
+    """(T, len(lags) * C) matrix whose block j is B delayed by lags[j] steps (zeros = missing)."""
+    T, C = B.shape
+    out = np.zeros((T, len(lags), C))
+    for j, lag in enumerate(lags):
+        out[lag:, j] = B[: T - lag]
+    return out.reshape(T, len(lags) * C)
+
+
+def _lagged_r(Xc, MX, Yc, MY, max_lag: int, min_periods: int):
+    """r (max_lag+1, K, V) of state[t] with variable[t - lag], and n (K, V) at lag 0.
+
+    Xc, Yc hold the centred series with zeros where missing; MX, MY are the validity masks.
+    The variable columns are stacked once per lag, delayed, with zeros (= missing) shifted in, so
+    a single matrix product over time yields every pairwise moment for a chunk of lags. When the
+    states have no gaps (the usual case) the variable-only moments are prefix sums and the product
+    is [X, X**2]^T [Y, MY] instead of the general [X, X**2, MX]^T [Y, Y**2, MY].
+    """
+    T, K = Xc.shape
+    V = Yc.shape[1]
+    my = MY.astype(np.float64)
+    gap_free = bool(MX.all())
+    if gap_free:
+        A = np.concatenate([Xc, Xc * Xc], axis=1)                      # (T, 2K)
+        B = np.concatenate([Yc, my], axis=1)                           # (T, 2V)
+        P = np.concatenate([np.zeros((1, 3 * V)),
+                            np.cumsum(np.concatenate([Yc, Yc * Yc, my], axis=1), axis=0)])
+    else:
+        A = np.concatenate([Xc, Xc * Xc, MX.astype(np.float64)], axis=1)   # (T, 3K)
+        B = np.concatenate([Yc, Yc * Yc, my], axis=1)                        # (T, 3V)
+    C = B.shape[1]
+    chunk = max(1, int(_CHUNK_BYTES // (8 * T * C)))
+    r_lags = np.empty((max_lag + 1, K, V))
+    for start in range(0, max_lag + 1, chunk):
+        lags = np.arange(start, min(start + chunk, max_lag + 1))
+        G = (A.T @ _shifted(B, lags)).reshape(A.shape[1], len(lags), C).transpose(1, 0, 2)
+        if gap_free:
+            ysum = P[T - lags]                                         # (nlag, 3V)
+            r, n = _r_from_moments(ysum[:, None, 2 * V:], G[:, :K, V:], G[:, K:, V:],
+                                   ysum[:, None, :V], ysum[:, None, V: 2 * V], G[:, :K, :V],
+                                   min_periods)
+        else:
+            r, n = _r_from_moments(G[:, 2 * K:, 2 * V:], G[:, :K, 2 * V:], G[:, K: 2 * K, 2 * V:],
+                                   G[:, 2 * K:, :V], G[:, 2 * K:, V: 2 * V], G[:, :K, :V],
+                                   min_periods)
+        r_lags[lags] = r
+        if start == 0:
+            n0 = n[0]
+    return r_lags, n0
+
+
+@_single_threaded_blas
 def cell_correlations(
     states: xr.DataArray | np.ndarray,
     variables: Mapping[str, Any],
@@ -220,17 +287,7 @@ def cell_correlations(
         Yc = np.where(MY, Y - np.nanmean(Y, axis=0), 0.0)
     Xc = np.nan_to_num(Xc)  # all-NaN columns
     Yc = np.nan_to_num(Yc)
-    MXf = MX.astype(np.float64)
-    MYf = MY.astype(np.float64)
-
-    r_lags = np.empty((max_lag + 1, K, V))
-    n0 = None
-    for lag in range(max_lag + 1):
-        # state at t = lag..T-1 against variable at t - lag = 0..T-1-lag
-        r, n = _pairwise_r(Xc[lag:], MXf[lag:], Yc[: T - lag], MYf[: T - lag], min_periods)
-        r_lags[lag] = r
-        if lag == 0:
-            n0 = n
+    r_lags, n0 = _lagged_r(Xc, MX, Yc, MY, max_lag, min_periods)
     absr = np.where(np.isnan(r_lags), -1.0, np.abs(r_lags))
     best = absr.argmax(axis=0)                                   # (K, V), first max = smallest lag
     r_best = np.take_along_axis(r_lags, best[None], axis=0)[0]
@@ -333,6 +390,7 @@ def _r2(y: np.ndarray, pred: np.ndarray) -> float:
     return 1.0 - float(((y - pred) ** 2).sum()) / sst
 
 
+@_single_threaded_blas
 def ridge_probe(
     states: xr.DataArray | np.ndarray,
     target: Any,

@@ -67,11 +67,13 @@ def test_exact_lagged_copy_is_recovered():
     assert abs(row["r"]) < 0.3
 
 
-def test_nan_pairwise_complete_matches_pandas():
+@pytest.mark.parametrize("states_have_gaps", [True, False])   # general and gap-free code paths
+def test_nan_pairwise_complete_matches_pandas(states_have_gaps):
     rng = np.random.default_rng(3)
     T, L, H = 250, 2, 3
     X = _random_states(rng, T, L, H)
-    X[rng.random(size=X.shape) < 0.1] = np.nan      # NaN in states
+    if states_have_gaps:
+        X[rng.random(size=X.shape) < 0.1] = np.nan
     swe = np.abs(rng.normal(size=T).cumsum())
     swe[rng.random(T) < 0.2] = np.nan               # NaN in the variable
     swe[100:140] = np.nan                           # and a long gap
@@ -335,3 +337,41 @@ def test_ridge_probe_errors():
         y = np.full(100, np.nan)
         y[:20] = 1.0
         ridge_probe(X, y)
+
+
+# ------------------------------------------------------------------ real demo basin
+
+def _degree_day_snow(prcp: np.ndarray, tmean: np.ndarray, ddf: float = 3.0) -> np.ndarray:
+    """A textbook degree-day snow store (mm): accumulate below 0 degC, melt ddf mm per degC above."""
+    store, out = 0.0, np.empty_like(prcp)
+    for t, (p, temp) in enumerate(zip(prcp, tmean)):
+        if temp < 0.0:
+            store += p
+        else:
+            store = max(store - ddf * temp, 0.0)
+        out[t] = store
+    return out
+
+
+def test_demo_basin_snow_cell_is_found():
+    camels = pytest.importorskip("xaiscope.data.camels")
+    ds = camels.demo_basin()
+    prcp, tmean = ds["prcp"].values, ds["tmean"].values
+    rng = np.random.default_rng(11)
+    T = ds.sizes["time"]
+    states = rng.normal(size=(T, 2, 20)) * 0.3
+    states[:, 1, 5] = np.tanh(_degree_day_snow(prcp, tmean) / 150.0)   # a saturating snow cell
+    states[:, 0, 2] = np.convolve(prcp, np.ones(10) / 10, mode="full")[:T]  # a rain memory cell
+    da = xr.DataArray(states, dims=("time", "layer", "cell"),
+                      coords={"time": ds["time"].values, "layer": [0, 1], "cell": np.arange(20)})
+    sl = slice("1990-10-01", "2000-09-30")
+    df = cell_correlations(da.sel(time=sl), {"swe": ds["swe"], "prcp": ds["prcp"],
+                                             "tmean": ds["tmean"]}, max_lag=30)
+    layer, cell, r = best_cell(df, "swe")
+    assert (layer, cell) == (1, 5)
+    ref = pd.Series(da.sel(time=sl).values[:, 1, 5]).corr(pd.Series(ds["swe"].sel(time=sl).values))
+    assert r == pytest.approx(ref, abs=1e-10) and r > 0.8
+    rain = df[(df.layer == 0) & (df.cell == 2) & (df.variable == "prcp")].iloc[0]
+    assert 1 <= rain["best_lag"] <= 9          # a 10-day running mean peaks inside its window
+    probe = ridge_probe(da.sel(time=sl), ds["swe"].sel(time=sl))
+    assert probe["r2"] > 0.5

@@ -1,0 +1,199 @@
+"""The xaiscope web app: a template with a sidebar (view, checkpoint, basin data) over the registered views.
+
+Run it with ``xaiscope serve`` (which calls :func:`serve`), or ``panel serve`` on this file::
+
+    panel serve dashboard/app.py --args --checkpoint PATH --data demo
+
+Everything (JavaScript, CSS, fonts) is served by the app itself; nothing is fetched from the internet.
+The URL keeps the view, checkpoint, basin, day, mode, layer, internal, selected cells and presentation mode,
+so a copied link reopens the same picture.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import panel as pn
+import param
+
+from xaiscope.dashboard.cellstate import CellStateExplorer
+from xaiscope.dashboard.registry import VIEWS, register_view
+from xaiscope.dashboard.state import AppState
+
+log = logging.getLogger("xaiscope.dashboard")
+
+# --- the views: one line each --------------------------------------------------------------------------
+register_view("cells", "LSTM cell states (rainfall-runoff)", CellStateExplorer,
+              "What the hydrology LSTM stores in its cells: snow, soil water, seasonality.")
+
+URL_KEYS = {"mode": "mode", "date": "date", "layer": "layer", "gate": "internal", "cells": "cells"}
+
+# Plain CSS for the page (no web fonts: the system font stack only).
+APP_CSS = """
+:root { --xs-font: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
+body, .bk-root { font-family: var(--xs-font); }
+body.xs-present #sidebar, body.xs-present .sidenav, body.xs-present #sidebar-button { display: none !important; }
+body.xs-present #main { margin-left: 0 !important; }
+body.xs-present { font-size: 130%; }
+body.xs-present .bk-panel-models-markup-HTML { font-size: 1.3em; }
+"""
+
+PRESENT_JS = """
+document.body.classList.toggle('xs-present', cb_obj.value);
+"""
+
+
+class AppShell(param.Parameterized):
+    """What the sidebar sets besides the state: the view and presentation mode (kept in the URL)."""
+
+    view = param.Selector(default="cells", objects=list(VIEWS) or ["cells"])
+    presentation = param.Boolean(default=False)
+
+
+def _configure_extension() -> None:
+    pn.extension("tabulator", sizing_mode="stretch_width", notifications=True, design="fast",
+                 throttled=False, global_css=[APP_CSS])
+
+
+def create_app(checkpoints: Sequence | None = None, data: Sequence | None = None, device: str | None = None,
+               state: AppState | None = None) -> pn.template.BaseTemplate:
+    """Build one app page (one per browser session). Arguments as in :func:`serve`."""
+    _configure_extension()
+    state = state or AppState(checkpoints=checkpoints, data=data, device=device)
+    shell = AppShell(view=next(iter(VIEWS)))
+    shell.param.view.objects = list(VIEWS)
+    args = pn.state.session_args or {}
+    present0 = args.get("present", [b""])[0] in (b"true", b"1", b"True")
+
+    views: dict[str, object] = {}
+
+    def get_view(key: str):
+        if key not in views:
+            spec = VIEWS[key]
+            try:
+                views[key] = spec.factory(state=state)
+            except Exception as err:  # noqa: BLE001 - show, log, keep running
+                log.error("cannot create view %s", key, exc_info=True)
+                return pn.pane.Alert(f"Cannot open the view {spec.title!r}: {err}", alert_type="danger")
+            v = views[key]
+            if pn.state.location is not None and isinstance(v, CellStateExplorer):
+                pn.state.location.sync(v, URL_KEYS)
+            if isinstance(v, CellStateExplorer):
+                v.presentation = shell.presentation
+        return views[key]
+
+    main = pn.Column(sizing_mode="stretch_width")
+
+    def show_view(*_):
+        main.objects = [get_view(shell.view)]
+
+    view_w = pn.widgets.RadioBoxGroup(name="View", options={s.title: k for k, s in VIEWS.items()},
+                                      value=shell.view)
+    view_w.link(shell, value="view", bidirectional=True)
+    ckpt_w = pn.widgets.Select.from_param(state.param.checkpoint, name="Checkpoint")
+    data_w = pn.widgets.Select.from_param(state.param.dataset, name="Basin data")
+    path_w = pn.widgets.TextInput(name="Open another checkpoint (path on the server)",
+                                  placeholder="/path/to/checkpoint folder or file")
+    open_btn = pn.widgets.Button(name="Open checkpoint", button_type="primary", icon="folder-open")
+    present_w = pn.widgets.Toggle(name="Presentation mode", value=present0, button_type="default",
+                                  icon="presentation")
+    present_w.jscallback(value=PRESENT_JS)
+    present_w.link(shell, value="presentation", bidirectional=True)
+    state_error = pn.pane.Alert("", alert_type="danger", visible=False)
+    busy = pn.indicators.LoadingSpinner(value=False, size=24, name="", visible=False)
+
+    def on_open(_):
+        path = (path_w.value or "").strip()
+        if not path:
+            state_error.param.update(object="Type the path of a checkpoint folder or file first.", visible=True)
+            return
+        state_error.visible = False
+        state.add_checkpoint(path)
+
+    open_btn.on_click(on_open)
+
+    def on_presentation(event):
+        for v in views.values():
+            if isinstance(v, CellStateExplorer):
+                v.presentation = event.new
+
+    def on_loading(event):
+        busy.param.update(value=event.new, visible=event.new)
+
+    shell.param.watch(on_presentation, "presentation")
+    shell.param.watch(show_view, "view")
+    state.param.watch(on_loading, "loading")
+
+    if pn.state.location is not None:
+        pn.state.location.sync(shell, {"view": "view", "presentation": "present"})
+        pn.state.location.sync(state, {"checkpoint": "checkpoint", "dataset": "basin"})
+    show_view()
+
+    sidebar = [
+        pn.pane.Markdown("#### View"), view_w,
+        pn.pane.Markdown("#### Model and data"), ckpt_w, data_w, busy, state_error,
+        pn.layout.Divider(), path_w, open_btn,
+        pn.layout.Divider(), present_w,
+        pn.pane.Markdown(
+            "<small>Everything runs on this machine; the page fetches nothing from the internet. "
+            "The address bar keeps the view, basin, day and selected cells: copy it to share the picture.</small>"),
+    ]
+    template = pn.template.FastListTemplate(
+        title="xaiscope — inside geoscience neural networks",
+        sidebar=sidebar, main=[main], collapsed_sidebar=present0, accent="#2b6cb0",
+        header_background="#1a365d", sidebar_width=300, main_max_width="1500px", theme_toggle=False,
+        favicon=None,
+    )
+    if present0:
+        shell.presentation = True
+    return template
+
+
+def _origins(address: str, port: int) -> list[str]:
+    if address in ("0.0.0.0", "::", ""):
+        return ["*"]
+    return [f"{address}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"]
+
+
+def serve(port: int = 5006, address: str = "127.0.0.1", checkpoints: Sequence[str | Path] = (),
+          data: Sequence[str | Path] = (), device: str | None = None, show: bool = False, threaded: bool = False,
+          **kwargs):
+    """Serve the app (blocking unless ``threaded``).
+
+    ``checkpoints`` are offered before the demo checkpoints; ``data`` specs before the demo and synthetic basins
+    (see :func:`xaiscope.dashboard.sources.parse_data_spec`). Returns the server (threaded) or blocks.
+    """
+    if not logging.getLogger().handlers and not log.handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from xaiscope.dashboard.sources import default_checkpoints
+
+    ck = [str(Path(c).expanduser()) for c in checkpoints]
+    ck += [p for p in default_checkpoints().values() if p not in ck]
+    data = list(data)
+
+    def page():
+        return create_app(checkpoints=ck, data=data, device=device)
+
+    log.info("xaiscope app on http://%s:%d/", address, port)
+    return pn.serve(page, port=port, address=address, show=show, title="xaiscope", threaded=threaded,
+                    websocket_origin=_origins(address, port), **kwargs)
+
+
+def _argv_options(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="panel serve dashboard/app.py --args")
+    p.add_argument("--checkpoint", action="append", default=[])
+    p.add_argument("--data", action="append", default=[])
+    p.add_argument("--device", default=None)
+    return p.parse_known_args(list(argv))[0]
+
+
+if pn.state.served:  # `panel serve dashboard/app.py [--args ...]`
+    _opts = _argv_options(sys.argv[1:])
+    from xaiscope.dashboard.sources import default_checkpoints as _defaults
+
+    _ck = list(_opts.checkpoint) + [p for p in _defaults().values() if p not in _opts.checkpoint]
+    create_app(checkpoints=_ck, data=_opts.data, device=_opts.device).servable()

@@ -226,8 +226,8 @@ def lstm_internals(lstm: nn.LSTM, x: Any, h0: Any = None, c0: Any = None) -> LST
     Returns
     -------
     LSTMInternals
-        ``h, c, i, f, g, o``, each ``(B, T, num_layers, hidden_size)`` on the LSTM's device. The four
-        gates are views into one buffer ``(B, T, L, 4, H)`` (call ``.contiguous()`` if you need it).
+        ``h, c, i, f, g, o``, each a contiguous ``(B, T, num_layers, hidden_size)`` tensor on the
+        LSTM's device (the four gates share one buffer).
     """
     x, h0, c0 = _prepare(lstm, x, h0, c0)
     batch, steps, _ = x.shape
@@ -237,7 +237,8 @@ def lstm_internals(lstm: nn.LSTM, x: Any, h0: Any = None, c0: Any = None) -> LST
         if h0 is None:
             h0 = x.new_zeros(layers, batch, hidden)
         h_all = x.new_empty(batch, steps, layers, hidden)
-        z_all = x.new_empty(batch, steps, layers, 4, hidden)  # pre-activations, then gates in place
+        # pre-activations, then (in place) the gates; gate k of layer l is gates[k, :, :, l]
+        gates = x.new_empty(4, batch, steps, layers, hidden)
         layer_input = x
         for layer in range(layers):
             weights = _layer_weights(lstm, layer)
@@ -248,21 +249,26 @@ def lstm_internals(lstm: nn.LSTM, x: Any, h0: Any = None, c0: Any = None) -> LST
                 warnings.filterwarnings("ignore", message=".*contiguous chunk of memory.*")
                 h_seq = torch.lstm(layer_input, hx, weights, lstm.bias, 1, 0.0, False, False, True)[0]
             h_all[:, :, layer] = h_seq
-            # z = x_t W_ih^T + b_ih + b_hh + h_{t-1} W_hh^T for all t: one product per weight matrix
-            z = z_all[:, :, layer].view(rows, 4 * hidden)
-            flat_in = layer_input.reshape(rows, -1)
+            # z_t = [x_t, h_{t-1}, 1] [W_ih, W_hh, b_ih + b_hh]^T for all t: one product per gate
+            n_in = layer_input.shape[-1]
+            operand = x.new_empty(batch, steps, n_in + hidden + (1 if lstm.bias else 0))
+            operand[:, :, :n_in] = layer_input
+            operand[:, 0, n_in : n_in + hidden] = h0[layer]
+            operand[:, 1:, n_in : n_in + hidden] = h_seq[:, :-1]
             if lstm.bias:
-                torch.addmm(weights[2] + weights[3], flat_in, w_ih.t(), out=z)
+                operand[:, :, -1] = 1.0
+                matrix = torch.cat((w_ih, w_hh, (weights[2] + weights[3]).unsqueeze(1)), dim=1)
             else:
-                torch.mm(flat_in, w_ih.t(), out=z)
-            h_prev = torch.cat((h0[layer].unsqueeze(1), h_seq[:, :-1]), dim=1)
-            z.addmm_(h_prev.view(rows, hidden), w_hh.t())
+                matrix = torch.cat((w_ih, w_hh), dim=1)
+            operand = operand.view(rows, -1)
+            for k in range(4):
+                torch.mm(operand, matrix[k * hidden : (k + 1) * hidden].t(), out=gates[k, :, :, layer].view(rows, hidden))
             layer_input = h_seq
-        # gate order i, f, g, o: sigmoid on i, f, o and tanh on g, in place, all layers at once
-        z_all[:, :, :, 0:2].sigmoid_()
-        z_all[:, :, :, 3].sigmoid_()
-        z_all[:, :, :, 2].tanh_()
-        i, f, g, o = z_all.unbind(3)
+        # PyTorch gate order i, f, g, o: sigmoid on i, f, o and tanh on g, in place, all layers at once
+        gates[0:2].sigmoid_()
+        gates[3].sigmoid_()
+        gates[2].tanh_()
+        i, f, g, o = gates.unbind(0)
         # c_t = f_t * c_{t-1} + i_t * g_t, all layers at once
         c = i * g
         if c0 is not None:
@@ -398,13 +404,13 @@ def to_dataset(
 def _as_datetime64(values: Any, name: str) -> np.ndarray:
     array = np.asarray(values)
     if np.issubdtype(array.dtype, np.datetime64):
-        return array.astype("datetime64[ns]")
+        return array
     try:
         import pandas as pd
 
-        converted = pd.to_datetime(array.ravel())
+        converted = pd.to_datetime(array.ravel(), format="ISO8601")
     except (TypeError, ValueError) as err:
         raise XaiscopeError(
             f"{name} must be dates (datetime64, pandas timestamps or ISO strings), got dtype {array.dtype}: {err}"
         ) from err
-    return converted.to_numpy(dtype="datetime64[ns]").reshape(array.shape)
+    return np.asarray(converted.to_numpy()).reshape(array.shape)

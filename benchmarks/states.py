@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"LSTM internals on {device} ({name}), {threads} thread(s), torch {torch.__version__}, "
           f"median of {args.repeats} runs (loop: fewer on long inputs)")
-    header = f"{'case':<20}{'loop ms':>11}{'fast ms':>10}{'fused ms':>10}{'loop/fast':>11}{'fast/fused':>12}{'max|fast-loop|':>16}"
+    header = (f"{'case':<20}{'loop ms':>11}{'fast ms':>10}{'fused ms':>10}{'loop/fast':>11}{'fast/fused':>12}"
+              f"{'max|fast-loop|':>16}")
     print(header)
     print("-" * len(header))
     for r in rows:

@@ -6,14 +6,19 @@ else, exactly and fast, without a Python loop over time:
 1. The fused ``nn.LSTM`` kernel (cuDNN on a GPU, oneDNN/native on the CPU) runs layer by layer on
    the layer's own weight tensors (no copies), giving every layer's ``h_t`` for all ``t``.
 2. The gates depend only on the layer input ``x_t`` and ``h_{t-1}``, so they are rebuilt for all
-   timesteps at once with one batched matrix product per layer:
-   ``z = x W_ih^T + h_{t-1} W_hh^T + b_ih + b_hh``, split in PyTorch's order ``i, f, g, o``
-   (``i, f, o`` sigmoid, ``g`` tanh).
+   timesteps at once: ``z = [x_t, h_{t-1}, 1] [W_ih, W_hh, b_ih + b_hh]^T``, one matrix product per
+   gate and layer, written straight into one gate-major buffer. PyTorch's gate order is
+   ``i, f, g, o`` (``i, f, o`` sigmoid, ``g`` tanh, applied in place).
 3. The cell state follows the linear recurrence ``c_t = f_t * c_{t-1} + i_t * g_t``. It is solved
    by a work-efficient associative (parallel, log-depth) scan over the pairs
-   ``(a, b) = (f_t, i_t * g_t)`` with
-   the composition ``(a2, b2) ∘ (a1, b1) = (a1 * a2, a2 * b1 + b2)``: no division and no ratio of
-   cumulative products, so it stays exact when forget gates are small and products underflow.
+   ``(a, b) = (f_t, i_t * g_t)`` with the composition
+   ``(a2, b2) ∘ (a1, b1) = (a1 * a2, a2 * b1 + b2)``: no division and no ratio of cumulative
+   products, so it stays exact when forget gates are small and their products underflow.
+
+Accuracy: in float32 the fast path agrees with the per-step loop to ~1e-7 for typical weights. When
+cells integrate over long spans (forget gates near 1, ``|c|`` of tens) every float32 method drifts
+from the exact result by ~1e-6 × ``|c|``; the fast path is then as close to a float64 run as the
+loop is. Use a float64 copy of the model where more is needed.
 
 :func:`lstm_internals_loop` is the slow per-step reference (an explicit loop over time and layers
 with the cell equations written out); the tests hold the fast path to it.
@@ -30,6 +35,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import xarray as xr
 from torch import Tensor, nn
@@ -262,7 +268,8 @@ def lstm_internals(lstm: nn.LSTM, x: Any, h0: Any = None, c0: Any = None) -> LST
                 matrix = torch.cat((w_ih, w_hh), dim=1)
             operand = operand.view(rows, -1)
             for k in range(4):
-                torch.mm(operand, matrix[k * hidden : (k + 1) * hidden].t(), out=gates[k, :, :, layer].view(rows, hidden))
+                block = matrix[k * hidden : (k + 1) * hidden]
+                torch.mm(operand, block.t(), out=gates[k, :, :, layer].view(rows, hidden))
             layer_input = h_seq
         # PyTorch gate order i, f, g, o: sigmoid on i, f, o and tanh on g, in place, all layers at once
         gates[0:2].sigmoid_()
@@ -352,7 +359,9 @@ def to_dataset(
         Extra Dataset attributes.
     """
     if not isinstance(internals, LSTMInternals):
-        raise XaiscopeError(f"to_dataset expects an LSTMInternals (from lstm_internals), got {type(internals).__name__}.")
+        raise XaiscopeError(
+            f"to_dataset expects an LSTMInternals (from lstm_internals), got {type(internals).__name__}."
+        )
     batch, steps, layers, cells = internals.shape
     coords: dict[str, Any] = {
         "layer": ("layer", np.arange(layers), {"long_name": "LSTM layer (0 = first)"}),
@@ -406,8 +415,6 @@ def _as_datetime64(values: Any, name: str) -> np.ndarray:
     if np.issubdtype(array.dtype, np.datetime64):
         return array
     try:
-        import pandas as pd
-
         converted = pd.to_datetime(array.ravel(), format="ISO8601")
     except (TypeError, ValueError) as err:
         raise XaiscopeError(

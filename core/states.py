@@ -215,6 +215,17 @@ def _scan_(a: Tensor, b: Tensor) -> None:
 # fast path
 
 
+def _fused_layer(layer_input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor], bias: bool) -> Tensor:
+    """One layer of the fused LSTM kernel on the layer's own weights: ``h_t`` for all ``t`` (batch first)."""
+    args = (layer_input, hx, weights, bias, 1, 0.0, False, False, True)
+    if not layer_input.is_cuda:
+        return torch.lstm(*args)[0]
+    with warnings.catch_warnings():
+        # cuDNN warns (and packs them) if one layer's weights are not a whole flat buffer.
+        warnings.filterwarnings("ignore", message=".*contiguous chunk of memory.*")
+        return torch.lstm(*args)[0]
+
+
 def lstm_internals(lstm: nn.LSTM, x: Any, h0: Any = None, c0: Any = None) -> LSTMInternals:
     """All states and gates of ``lstm`` on input ``x``, exactly, without a Python loop over time.
 
@@ -250,10 +261,7 @@ def lstm_internals(lstm: nn.LSTM, x: Any, h0: Any = None, c0: Any = None) -> LST
             weights = _layer_weights(lstm, layer)
             w_ih, w_hh = weights[0], weights[1]
             hx = (h0[layer : layer + 1], x.new_zeros(1, batch, hidden) if c0 is None else c0[layer : layer + 1])
-            with warnings.catch_warnings():
-                # cuDNN warns (and packs them) when one layer's weights are not a whole flat buffer.
-                warnings.filterwarnings("ignore", message=".*contiguous chunk of memory.*")
-                h_seq = torch.lstm(layer_input, hx, weights, lstm.bias, 1, 0.0, False, False, True)[0]
+            h_seq = _fused_layer(layer_input, hx, weights, lstm.bias)
             h_all[:, :, layer] = h_seq
             # z_t = [x_t, h_{t-1}, 1] [W_ih, W_hh, b_ih + b_hh]^T for all t: one product per gate
             n_in = layer_input.shape[-1]

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from xaiscope.core.device import choose_device, exact_math
+from xaiscope.core.errors import XaiscopeError
 from xaiscope.core.states import lstm_internals, lstm_internals_loop
 
 # (label, layers, cells, batch, days)
@@ -96,7 +97,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per measurement (median)")
     args = parser.parse_args(argv)
 
-    device = choose_device(args.device)
+    try:
+        device = choose_device(args.device)
+    except XaiscopeError as err:
+        parser.error(str(err))
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()

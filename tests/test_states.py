@@ -427,3 +427,34 @@ def test_cuda_fast_path_matches_cpu_loop():
     fast = lstm_internals(copy.deepcopy(lstm).cuda(), x.cuda(), h0, c0).to("cpu")
     for name in NAMES:
         assert max_diff(fast, loop, name) <= 1e-5, name
+
+
+def test_exact_math_after_mixed_precision_apis():
+    """Once a program mixes PyTorch's per-operator precision API with the legacy flags, the legacy
+    flags cannot be read; exact_math must still switch TF32 off and restore the per-operator values.
+    Run in a fresh interpreter so the mixed state cannot leak into other tests."""
+    import subprocess
+    import sys
+
+    script = """
+import torch
+from xaiscope.core.device import exact_math
+if not hasattr(torch.backends.cudnn, "conv") or not hasattr(torch.backends.cudnn.conv, "fp32_precision"):
+    print("SKIP"); raise SystemExit
+torch.backends.cuda.matmul.fp32_precision = "tf32"
+torch.backends.cudnn.conv.fp32_precision = "ieee"
+before = [torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision,
+          torch.backends.cudnn.rnn.fp32_precision]
+with exact_math():
+    assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+    assert torch.backends.cudnn.rnn.fp32_precision == "ieee"
+after = [torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision,
+         torch.backends.cudnn.rnn.fp32_precision]
+assert before == after, (before, after)
+print("OK")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    if "SKIP" in result.stdout:
+        pytest.skip("this PyTorch has no per-operator precision API")
+    assert "OK" in result.stdout

@@ -55,7 +55,8 @@ class AppShell(param.Parameterized):
 
 
 def _configure_extension() -> None:
-    pn.extension("tabulator", sizing_mode="stretch_width", notifications=True, design="fast",
+    # The bootstrap design bundles everything it needs (the Fast and Material designs pull Google Fonts).
+    pn.extension("tabulator", sizing_mode="stretch_width", notifications=True, design="bootstrap",
                  throttled=False, global_css=[APP_CSS])
 
 
@@ -98,9 +99,8 @@ def create_app(checkpoints: Sequence | None = None, data: Sequence | None = None
     data_w = pn.widgets.Select.from_param(state.param.dataset, name="Basin data")
     path_w = pn.widgets.TextInput(name="Open another checkpoint (path on the server)",
                                   placeholder="/path/to/checkpoint folder or file")
-    open_btn = pn.widgets.Button(name="Open checkpoint", button_type="primary", icon="folder-open")
-    present_w = pn.widgets.Toggle(name="Presentation mode", value=present0, button_type="default",
-                                  icon="presentation")
+    open_btn = pn.widgets.Button(name="Open checkpoint", button_type="primary")
+    present_w = pn.widgets.Toggle(name="Presentation mode", value=present0, button_type="default")
     present_w.jscallback(value=PRESENT_JS)
     present_w.link(shell, value="presentation", bidirectional=True)
     state_error = pn.pane.Alert("", alert_type="danger", visible=False)
@@ -142,11 +142,10 @@ def create_app(checkpoints: Sequence | None = None, data: Sequence | None = None
             "<small>Everything runs on this machine; the page fetches nothing from the internet. "
             "The address bar keeps the view, basin, day and selected cells: copy it to share the picture.</small>"),
     ]
-    template = pn.template.FastListTemplate(
+    template = pn.template.BootstrapTemplate(
         title="xaiscope — inside geoscience neural networks",
-        sidebar=sidebar, main=[main], collapsed_sidebar=present0, accent="#2b6cb0",
-        header_background="#1a365d", sidebar_width=300, main_max_width="1500px", theme_toggle=False,
-        favicon=None,
+        sidebar=sidebar, main=[main], collapsed_sidebar=present0,
+        header_background="#1a365d", sidebar_width=300, main_max_width="1600px",
     )
     if present0:
         shell.presentation = True

@@ -148,11 +148,10 @@ class CellStateExplorer(pn.viewable.Viewer):
     # ------------------------------------------------------------------------------------ streams
     def _build_streams(self) -> None:
         self._series_pipe = Pipe(data=self._frame)
-        self._image_pipe = Pipe(data={"image": _empty_image(), "title": ""})
+        self._image_pipe = Pipe(data={"image": _empty_image(), "title": "", "marks": []})
         self._traces_pipe = Pipe(data={})
         self._day_pipe = Pipe(data=pd.Timestamp("2000-01-01"))
         self._marks_pipe = Pipe(data=[])
-        self._weights_pipe = Pipe(data={})
 
     # ------------------------------------------------------------------------------------ widgets
     def _build_widgets(self) -> None:
@@ -173,7 +172,7 @@ class CellStateExplorer(pn.viewable.Viewer):
             button_type="primary", button_style="outline", width=260)
         self._cells_w = w.MultiChoice(name="Cells (click heatmap rows, or type)", options=[], value=[],
                                       max_items=MAX_TRACES, sizing_mode="stretch_width", min_width=240)
-        self._best_btn = w.Button(name="Select the best snow cell", button_type="success", icon="snowflake",
+        self._best_btn = w.Button(name="Select the best snow cell", button_type="success",
                                   disabled=True)
         self._status_md = pn.pane.Markdown("", sizing_mode="stretch_width", css_classes=["xs-status"],
                                            margin=(0, 10))
@@ -193,7 +192,7 @@ class CellStateExplorer(pn.viewable.Viewer):
         self._best_md = pn.pane.Markdown("", sizing_mode="stretch_width")
         self._weights_pane = pn.pane.HoloViews(self._build_weights(), sizing_mode="stretch_width",
                                                linked_axes=False)
-        dl = dict(button_type="light", icon="download", sizing_mode="stretch_width", embed=False)
+        dl = dict(button_type="light", sizing_mode="stretch_width", embed=False)
         self._dl_series = w.FileDownload(callback=self._download_series, filename="xaiscope_series.csv",
                                          label="Plotted series and states (CSV)", **dl)
         self._dl_states = w.FileDownload(callback=self._download_states, filename="xaiscope_internals.nc",
@@ -234,20 +233,20 @@ class CellStateExplorer(pn.viewable.Viewer):
             common["xlim"] = (a, b)
 
         def prcp(data):
-            return hv.Spikes(data.reset_index(), "time", ("prcp", "Precipitation (mm/day)"), label="precipitation")
+            return hv.Spikes(data.reset_index(), "time", ("prcp", "mm/day"), label="precipitation")
 
         def temp(data):
             d = data.reset_index()
-            band = hv.Area(d, "time", [("tmin", "Air temperature (°C)"), ("tmax", "tmax")], label="tmin–tmax")
-            return band * hv.Curve(d, "time", ("tmean", "Air temperature (°C)"), label="tmean") * hv.HLine(0)
+            band = hv.Area(d, "time", [("tmin", "°C"), ("tmax", "tmax")], label="tmin–tmax")
+            return band * hv.Curve(d, "time", ("tmean", "°C"), label="tmean") * hv.HLine(0)
 
         def swe(data):
             d = data.reset_index()
-            return hv.Area(d, "time", ("swe", "SWE (mm)"), label="snow water equivalent")
+            return hv.Area(d, "time", ("swe", "mm"), label="snow water equivalent")
 
         def flow(data):
             d = data.reset_index()
-            q = "Streamflow (mm/day)"
+            q = "mm/day"
             sim_label = "LSTM" if self._sim_ready else "LSTM (continuous pass; per-day simulation running)"
             obs = hv.Curve(d, "time", [("qobs", q)], label="observed").redim(qobs=q)
             bench = hv.Curve(d, "time", [("q_benchmark", q)], label="SAC-SMA + Snow-17").redim(q_benchmark=q)
@@ -310,12 +309,43 @@ class CellStateExplorer(pn.viewable.Viewer):
             hv.opts.Curve(line_width=lw, tools=["hover"], framewise=True),
             hv.opts.NdOverlay(height=int(190 * hk), legend_position="right", title="Selected cells",
                               xlabel="date", framewise=True, **common))
+        self._figs = {}
+        p_prcp = p_prcp.opts(hooks=[self._capture("prcp")])
+        p_temp = p_temp.opts(hv.opts.Overlay(hooks=[self._capture("temp")]))
+        p_swe = p_swe.opts(hooks=[self._capture("swe")])
+        p_flow = p_flow.opts(hv.opts.Overlay(hooks=[self._capture("flow")]))
         plots = [p_prcp, p_temp, p_swe, p_flow, heat, p_tr]
         self._spans = []
         if cont:
             hook = self._day_span_hook
             plots = [p.opts(hooks=[hook]) for p in plots]
         return hv.Layout(plots).cols(1).opts(shared_axes=True)
+
+    def _capture(self, name: str):
+        def hook(plot, element):
+            self._figs[name] = plot.state
+        return hook
+
+    def _fit_y_ranges(self) -> None:
+        """Window mode: fit the y-axes of the forcing and flow plots to the shown window (cheap range patches)."""
+        a, b = self.shown_period()
+        f = self._frame.loc[a:b]
+        q = pd.concat([f["qobs"], f["q_benchmark"], self._qsim.loc[a:b]])
+        spans = {
+            "prcp": (0.0, f["prcp"].max()),
+            "temp": (f["tmin"].min(), f["tmax"].max()),
+            "swe": (0.0, f["swe"].max()),
+            "flow": (min(0.0, q.min()), q.max()),
+        }
+        for name, (lo, hi) in spans.items():
+            fig = self._figs.get(name)
+            if fig is None or not np.isfinite(lo) or not np.isfinite(hi):
+                continue
+            if hi <= lo:
+                hi = lo + 1.0
+            pad = 0.06 * (hi - lo)
+            fig.y_range.start = float(lo - (pad if name == "temp" or lo < 0 else 0.0))
+            fig.y_range.end = float(hi + pad)
 
     def _title_hook(self, plot, element) -> None:
         """The heatmap title names the shown day (tests and the latency benchmark read it in the browser)."""
@@ -346,25 +376,24 @@ class CellStateExplorer(pn.viewable.Viewer):
             return "Snow water equivalent (true, synthetic basin)"
         return "Snow water equivalent (Snow-17 model, CAMELS)"
 
-    def _build_weights(self):
+    def _build_weights(self, weights: dict | None = None):
+        """Four heatmaps (W_i, W_f, W_g, W_o) of the selected layer: rows = cells, columns = inputs."""
         fs = self._opts()["fontscale"]
-
-        def heat(data, gate):
-            df = data.get(gate)
-            if df is None:
-                return hv.HeatMap([], ["input", "cell"], "weight")
-            long = df.stack().rename("weight").reset_index()
-            long.columns = ["cell", "input", "weight"]
-            long["cell"] = long["cell"].astype(str)
-            return hv.HeatMap(long, ["input", "cell"], "weight")
-
+        if not weights:
+            return hv.Div("<i>Gate weights appear when a checkpoint is open.</i>")
+        vmax = max(float(np.abs(df.values).max()) for df in weights.values()) or 1.0
         plots = []
         for g in compute.WEIGHT_GATES:
-            dm = hv.DynamicMap(lambda data, g=g: heat(data, g), streams=[self._weights_pipe])
-            plots.append(dm.opts(hv.opts.HeatMap(
-                cmap="RdBu_r", symmetric=True, colorbar=(g == "o"), tools=["hover"], width=260 if g != "o" else 320,
-                height=int(420 * (1.3 if self.presentation else 1)), xrotation=45, fontscale=fs, framewise=True,
-                title=f"W_{g}  ({compute.GATE_LABELS[g if g != 'g' else 'g']})", invert_yaxis=True)))
+            df = weights[g]
+            long = df.stack().rename("weight").reset_index()
+            long.columns = ["cell", "input", "weight"]
+            long["cell"] = long["cell"].map(lambda c: f"{c:02d}")
+            hm = hv.HeatMap(long, ["input", "cell"], "weight").opts(
+                cmap="RdBu_r", clim=(-vmax, vmax), colorbar=(g == "o"), tools=["hover"],
+                width=250 if g != "o" else 320, height=int(430 * (1.3 if self.presentation else 1)), xrotation=45,
+                fontscale=fs, title=f"W_{g}: {compute.GATE_LABELS[g]}", invert_yaxis=True,
+                ylabel="cell" if g == "i" else "", xlabel="input")
+            plots.append(hm)
         return hv.Layout(plots).cols(4).opts(shared_axes=False)
 
     def _color_for_gate(self):
@@ -522,7 +551,12 @@ class CellStateExplorer(pn.viewable.Viewer):
         key = self._source_key()
         self._sim_ready = compute.has_simulation(self.ckpt, self.state.data_key, self.state.device)
         if self._in_server():
-            pn.state.execute(lambda: self._prepare_async(self._token, key))
+            token = self._token
+
+            async def run():
+                await self._prepare_async(token, key)
+
+            pn.state.execute(run)
             return
         for _, step in self._quick_steps():
             step()
@@ -578,6 +612,8 @@ class CellStateExplorer(pn.viewable.Viewer):
         self._update_corr()
         self._update_probe()
         self._update_weights()
+        if not self.cells and self._corr_long is not None and "swe" in set(self._corr_long["variable"]):
+            self.select_best_cell()  # start on the snow cell: the view's headline question
         self._refresh()
 
     def _slow_done(self, what: str) -> None:
@@ -620,16 +656,17 @@ class CellStateExplorer(pn.viewable.Viewer):
         if self.ready:
             self._guard("Updating the day", self._refresh, "date")
 
-    def _on_view_change(self, event):
-        if event.name == "layer":
+    def _on_view_change(self, *events):
+        names = {e.name for e in events}
+        if "layer" in names:
             self._layer_w.value = self.layer
             self.cells = [c for c in self.cells if c < self.n_cells]
             self._update_weights()
-        if event.name == "gate":
+        if "gate" in names:
             self._gate_w.value = self.gate
             self._rebuild_plots()
         if self.ready:
-            if event.name == "gate":
+            if "gate" in names:
                 self._guard("Computing correlations", self._update_corr)
             self._guard("Updating the plots", self._refresh)
 
@@ -640,7 +677,6 @@ class CellStateExplorer(pn.viewable.Viewer):
 
     def _on_presentation(self, *_):
         self._rebuild_plots()
-        self._weights_pane.object = self._build_weights()
         if self.ready:
             self._update_weights()
             self._refresh()
@@ -768,6 +804,7 @@ class CellStateExplorer(pn.viewable.Viewer):
                     self._image_pipe.send({"image": data["image"], "title": self._image_title(),
                                            "marks": data["marks"]})
                     self._traces_pipe.send(data["traces"])
+                    self._fit_y_ranges()
             elif what == "cells":
                 self._traces_pipe.send(data["traces"])
                 if self.mode == "continuous":
@@ -857,7 +894,7 @@ class CellStateExplorer(pn.viewable.Viewer):
         if self.ckpt is None:
             return
         self._weights = compute.gate_weights(self.ckpt, self.layer)
-        self._weights_pipe.send(self._weights)
+        self._weights_pane.object = self._build_weights(self._weights)
 
     # ------------------------------------------------------------------------------------ downloads
     def _meta(self) -> dict:

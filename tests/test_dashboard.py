@@ -1,0 +1,246 @@
+"""State logic of the app and of the cell-state view, without a browser.
+
+The numbers the plots get are checked against independent computations: the core's per-step reference loop
+(``lstm_internals_loop``), numpy correlations, sklearn's R² (= NSE) and torch's own weight layout.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+
+import holoviews as hv
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+
+pn = pytest.importorskip("panel")
+
+from xaiscope.core.checkpoint import save_checkpoint  # noqa: E402
+from xaiscope.core.models import HydroLSTM  # noqa: E402
+from xaiscope.data.synthetic import synthetic_basin  # noqa: E402
+
+INPUTS = ["prcp", "srad", "tmax", "tmin", "vp"]
+
+
+def make_checkpoint(directory, ds, hidden=6, layers=2, seed=0, window=365):
+    torch.manual_seed(seed)
+    model = HydroLSTM(n_inputs=len(INPUTS), hidden_size=hidden, num_layers=layers)
+    stats = {v: {"mean": float(ds[v].mean()), "std": float(ds[v].std())} for v in [*INPUTS, "qobs"]}
+    manifest = {"kind": "hydro_lstm", "config": {"n_inputs": len(INPUTS), "hidden_size": hidden,
+                                                 "num_layers": layers},
+                "inputs": INPUTS, "target": "qobs", "window": window, "normalisation": stats,
+                "data": {"basin_id": ds.attrs.get("basin_id", "")},
+                "train_period": ["2000-01-01", "2001-06-30"], "test_period": ["2001-07-01", "2002-12-31"],
+                "epoch": 1}
+    return save_checkpoint(directory, model, manifest)
+
+
+@pytest.fixture(scope="module")
+def basin():
+    return synthetic_basin(seed=3, start="1999-01-01", end="2002-12-31")
+
+
+@pytest.fixture(scope="module")
+def ckpt_dir(tmp_path_factory, basin):
+    return make_checkpoint(tmp_path_factory.mktemp("ck") / "hydro_test", basin)
+
+
+@pytest.fixture(scope="module")
+def explorer(ckpt_dir, basin):
+    from xaiscope.dashboard.cellstate import CellStateExplorer
+
+    ex = CellStateExplorer(checkpoint=str(ckpt_dir), data=basin, background=False)
+    assert ex.error == "", ex.error
+    assert ex.ready
+    return ex
+
+
+def reference_states(ckpt, ds, start_idx, end_idx):
+    """Internals by the core's slow per-step loop on the checkpoint-normalised inputs."""
+    from xaiscope.core import hydro
+    from xaiscope.core.states import lstm_internals_loop
+
+    x = hydro.normalised_inputs(ckpt, ds.isel(time=slice(start_idx, end_idx)))
+    with torch.no_grad():
+        return lstm_internals_loop(ckpt.model.lstm, torch.from_numpy(x)[None])
+
+
+def test_window_mode_plots_get_the_window_ending_on_the_day(explorer, basin):
+    ex = explorer
+    ex.param.update(mode="window", layer=1, gate="c", cells=[2, 4])
+    ex.date = dt.date(2001, 3, 15)
+    data = ex.plot_data()
+    times = pd.DatetimeIndex(data["image"]["time"].values)
+    assert times[-1] == pd.Timestamp("2001-03-15") and len(times) == 365
+    assert data["image"].dims == ("cell", "time") and data["image"].shape == (6, 365)
+    end = int(np.searchsorted(basin.time.values, np.datetime64("2001-03-15"))) + 1
+    ref = reference_states(ex.ckpt, basin, end - 365, end)
+    np.testing.assert_allclose(data["image"].values, ref.c[0, :, 1, :].numpy().T, rtol=1e-4, atol=1e-5)
+    assert sorted(data["traces"]) == ["cell 2", "cell 4"]
+    np.testing.assert_allclose(data["traces"]["cell 4"].values, ref.c[0, :, 1, 4].numpy(), rtol=1e-4, atol=1e-5)
+    # the forcing series the plots get are the dataset's own values for the window
+    frame = data["series"]
+    np.testing.assert_array_equal(frame["prcp"].to_numpy(), basin["prcp"].values[end - 365:end])
+
+
+def test_moving_the_day_moves_the_window_and_the_heatmap_title(explorer):
+    ex = explorer
+    ex.mode = "window"
+    ex.date = dt.date(2001, 5, 1)
+    first = ex.plot_data()["image"]["time"].values[[0, -1]]
+    ex.date = dt.date(2001, 5, 11)
+    second = ex.plot_data()["image"]["time"].values[[0, -1]]
+    assert (second - first == np.timedelta64(10, "D")).all()
+    assert "2001-05-11" in ex._image_title()
+    assert "2001-05-11" in ex.status
+
+
+def test_plot_elements_have_the_expected_holoviews_types(explorer):
+    ex = explorer
+    ex.mode = "window"
+    layout = ex._plot_pane.object
+    assert isinstance(layout, hv.Layout) and len(layout) == 6
+    elements = [dm[()] if isinstance(dm, hv.DynamicMap) else dm for dm in layout]
+    heat = elements[4]
+    assert isinstance(heat, hv.Overlay) and isinstance(heat.get(0), hv.Image)
+    assert isinstance(elements[0], hv.Spikes)
+    assert isinstance(elements[5], hv.NdOverlay)
+    ex.mode = "continuous"
+    layout = ex._plot_pane.object
+    heat = layout[4]
+    assert isinstance(heat, (hv.DynamicMap, hv.Overlay))
+    data = ex.plot_data()
+    assert data["image"].shape[1] == len(ex._days)  # the whole record
+    ex.mode = "window"
+
+
+def test_continuous_mode_matches_the_reference_and_marks_the_day(explorer, basin):
+    ex = explorer
+    ex.param.update(mode="continuous", gate="f", layer=0)
+    ex.date = dt.date(2000, 8, 1)
+    data = ex.plot_data()
+    ref = reference_states(ex.ckpt, basin, 0, basin.sizes["time"])
+    np.testing.assert_allclose(data["image"].values, ref.f[0, :, 0, :].numpy().T, rtol=1e-4, atol=1e-5)
+    assert ex._day_ms() == pd.Timestamp("2000-08-01").value / 1e6
+    ex.param.update(mode="window", gate="c")
+
+
+def test_best_snow_cell_is_the_numpy_best_correlated_cell(explorer, basin):
+    ex = explorer
+    ex.gate = "c"
+    layer, cell, r = ex.select_best_cell("swe")
+    assert ex.layer == layer and ex.cells == [cell]
+    ref = reference_states(ex.ckpt, basin, 0, basin.sizes["time"]).c[0].numpy()  # (T, L, H)
+    spin = 365
+    swe = basin["swe"].values[spin:]
+    best, best_r = None, 0.0
+    for lay in range(ref.shape[1]):
+        for c in range(ref.shape[2]):
+            rr = np.corrcoef(ref[spin:, lay, c], swe)[0, 1]
+            if abs(rr) > abs(best_r):
+                best, best_r = (lay, c), rr
+    assert (layer, cell) == best
+    assert r == pytest.approx(best_r, abs=1e-4)
+
+
+def test_gate_weights_are_the_pytorch_gate_blocks(explorer):
+    ex = explorer
+    from xaiscope.dashboard import compute
+
+    for layer in (0, 1):
+        w = compute.gate_weights(ex.ckpt, layer)
+        blocks = torch.chunk(getattr(ex.ckpt.model.lstm, f"weight_ih_l{layer}").detach(), 4, dim=0)
+        for g, block in zip("ifgo", blocks):
+            np.testing.assert_array_equal(w[g].to_numpy(), block.numpy())
+        assert list(w["i"].columns) == (INPUTS if layer == 0 else [f"h0[{j}]" for j in range(6)])
+
+
+def test_skill_matches_sklearn_r2_and_counts_negative_days(explorer, basin):
+    from sklearn.metrics import r2_score
+
+    ex = explorer
+    ex.mode = "window"
+    ex.date = dt.date(2002, 6, 30)
+    ex._update_skill(table=True)
+    table = ex._skill_df
+    shown = table[(table.period == "shown period") & (table.model == "LSTM")].iloc[0]
+    a, b = ex.shown_period()
+    obs = basin["qobs"].sel(time=slice(a, b)).values
+    sim = ex._qsim.loc[a:b].to_numpy()
+    ok = np.isfinite(obs) & np.isfinite(sim)
+    assert shown["nse"] == pytest.approx(r2_score(obs[ok], sim[ok]), rel=1e-9, abs=1e-9)
+    assert shown["negative_days"] == int((sim[np.isfinite(sim)] < 0).sum())
+    assert {"training period", "test period"} <= set(table.period)
+
+
+def test_downloads_carry_the_checkpoint_sha256(explorer):
+    ex = explorer
+    text = ex._download_series().getvalue().decode()
+    assert f"# checkpoint_sha256: {ex.ckpt.sha256}" in text
+    df = pd.read_csv(io.StringIO(text), comment="#", index_col=0)
+    assert len(df) == 365 and any(c.startswith("c_l") for c in df.columns)
+    nc = ex._download_states().getvalue()
+    ds = xr.open_dataset(io.BytesIO(nc))
+    assert ds.attrs["checkpoint_sha256"] == ex.ckpt.sha256 and "c" in ds
+    corr = ex._download_corr().getvalue().decode()
+    assert ex.ckpt.sha256 in corr and "best_lag" in corr
+
+
+def test_clicking_a_heatmap_row_toggles_the_cell(explorer):
+    ex = explorer
+    ex.cells = []
+    ex._on_tap(x=None, y=3.2)
+    assert ex.cells == [3]
+    ex._on_tap(x=None, y=2.8)
+    assert ex.cells == []
+    ex._on_tap(x=None, y=99)
+    assert ex.cells == []
+
+
+def test_broken_checkpoint_gives_a_visible_error_and_recovery(tmp_path, ckpt_dir, basin):
+    from xaiscope.dashboard.cellstate import CellStateExplorer
+    from xaiscope.dashboard.state import AppState
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text(json.dumps({"format_version": 1, "kind": "hydro_lstm", "config": {}}))
+    (broken / "weights.safetensors").write_bytes(b"not a safetensors file")
+    state = AppState(checkpoints=[str(broken), str(ckpt_dir)], data=[basin])
+    ex = CellStateExplorer(state=state, background=False)
+    assert "broken" in state.error and "safetensors" in state.error
+    assert ex._alert.visible and "broken" in ex._alert.object
+    state.checkpoint = list(state.param.checkpoint.objects)[1]
+    assert state.error == "" and ex.ready and not ex._alert.visible
+
+
+def test_bad_data_spec_is_reported_not_raised(tmp_path):
+    from xaiscope.dashboard.sources import parse_data_spec
+    from xaiscope.core.errors import XaiscopeError
+
+    with pytest.raises(XaiscopeError, match="does not exist"):
+        parse_data_spec(tmp_path / "nope")
+    with pytest.raises(XaiscopeError, match="integer seed"):
+        parse_data_spec("synthetic:abc")
+
+
+def test_view_registry_adds_a_view_in_one_line():
+    from xaiscope.dashboard.registry import VIEWS, register_view
+    import xaiscope.dashboard.app  # noqa: F401 - registers the built-in views
+
+    assert "cells" in VIEWS
+    register_view("dummy", "Dummy view", lambda state: pn.pane.Markdown("x"))
+    try:
+        assert VIEWS["dummy"].title == "Dummy view"
+    finally:
+        VIEWS.pop("dummy")
+
+
+def test_create_app_builds_a_template(ckpt_dir, basin):
+    from xaiscope.dashboard.app import create_app
+
+    app = create_app(checkpoints=[str(ckpt_dir)], data=[basin])
+    assert isinstance(app, pn.template.BaseTemplate)

@@ -31,7 +31,8 @@ def _cmd_train_hydro(args) -> int:
         epochs=args.epochs, hidden_size=args.hidden_size, num_layers=args.num_layers, dropout=args.dropout,
         batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed, device=args.device,
         train_period=(args.train_start, args.train_end), test_period=(args.test_start, args.test_end),
-        window=args.window,
+        window=args.window, predict_last_n=args.predict_last_n, sample_stride=args.sample_stride,
+        eval_every=args.eval_every,
     )
     res = train_hydro(ds, args.out, cfg, progress=not args.quiet)
     last = json.loads((Path(args.out) / f"epoch_{cfg.epochs:03d}" / "manifest.json").read_text())
@@ -148,13 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="demo", help=DATA_HELP)
     p.add_argument("--basin", default=None, help="8-digit basin id (needed with a CAMELS folder)")
     p.add_argument("--out", required=True, help="output folder for the checkpoint series")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--hidden-size", type=int, default=20)
     p.add_argument("--num-layers", type=int, default=2)
     p.add_argument("--dropout", type=float, default=0.1)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (halved at epochs 20 and 25)")
-    p.add_argument("--window", type=int, default=365, help="input sequence length in days")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per batch")
+    p.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (halved at epochs 25 and 35)")
+    p.add_argument("--window", type=int, default=365, help="days of inputs behind every prediction")
+    p.add_argument("--predict-last-n", type=int, default=365,
+                   help="targets per training sequence (sequence = window + n - 1 days; 1 = one target per window)")
+    p.add_argument("--sample-stride", type=int, default=30, help="days between training sequence starts per epoch")
+    p.add_argument("--eval-every", type=int, default=5, help="test-period NSE/KGE every N epochs (and the last)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-start", default="1980-10-01")
     p.add_argument("--train-end", default="1995-09-30")

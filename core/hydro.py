@@ -93,28 +93,40 @@ def _stats(ckpt: Checkpoint, var: str) -> tuple[float, float]:
         ) from err
 
 
-def normalised_inputs(ckpt: Checkpoint, ds: xr.Dataset) -> np.ndarray:
-    """The checkpoint's inputs from ``ds`` in the checkpoint's order, normalised with its statistics: (T, n)."""
-    names = ckpt.inputs
+def _normalise_columns(ds: xr.Dataset, names, stats: dict, what: str = "input") -> np.ndarray:
+    """Columns ``names`` of ``ds`` normalised with ``stats`` ({var: {"mean", "std"}}): (T, n) float32, all finite."""
     missing = [v for v in names if v not in ds.data_vars]
     if missing:
         raise XaiscopeError(
-            f"the data lack input variable(s) {missing} that checkpoint {ckpt.path.name} was trained on "
-            f"(it needs {names}; the data have {sorted(ds.data_vars)})."
+            f"the data lack {what} variable(s) {missing} (needed: {list(names)}; the data have {sorted(ds.data_vars)})."
         )
     cols = []
     for v in names:
-        mean, std = _stats(ckpt, v)
+        try:
+            mean, std = float(stats[v]["mean"]), float(stats[v]["std"])
+        except (KeyError, TypeError) as err:
+            raise XaiscopeError(f"no normalisation statistics for {v!r}; re-train or add them to the manifest.") from err
         cols.append((ds[v].values.astype(np.float64) - mean) / (std if std > 0 else 1.0))
     x = np.stack(cols, axis=-1).astype(np.float32)
     bad = ~np.isfinite(x)
     if bad.any():
         t, j = np.argwhere(bad)[0]
         raise XaiscopeError(
-            f"input {names[j]!r} is missing (NaN) on {pd.Timestamp(ds.time.values[t]).date()} "
+            f"{what} {list(names)[j]!r} is missing (NaN) on {pd.Timestamp(ds.time.values[t]).date()} "
             f"and {int(bad.sum()) - 1} other value(s); fill the gaps in the forcing data first."
         )
     return x
+
+
+def normalised_inputs(ckpt: Checkpoint, ds: xr.Dataset) -> np.ndarray:
+    """The checkpoint's inputs from ``ds`` in the checkpoint's order, normalised with its statistics: (T, n)."""
+    missing = [v for v in ckpt.inputs if v not in ds.data_vars]
+    if missing:
+        raise XaiscopeError(
+            f"the data lack input variable(s) {missing} that checkpoint {ckpt.path.name} was trained on "
+            f"(it needs {ckpt.inputs}; the data have {sorted(ds.data_vars)})."
+        )
+    return _normalise_columns(ds, ckpt.inputs, ckpt.manifest.get("normalisation", {}))
 
 
 def _denormalise(ckpt: Checkpoint, y: np.ndarray) -> np.ndarray:

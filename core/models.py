@@ -107,19 +107,28 @@ class HydroLSTM(nn.Module):
                 for layer in range(num_layers):
                     getattr(self.lstm, f"bias_hh_l{layer}")[hidden_size: 2 * hidden_size] += initial_forget_bias
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: (batch, time, n_inputs) normalised inputs → (batch,) prediction for the last day
-        (or (batch, n_outputs) when ``n_outputs > 1``)."""
+    def _check(self, x: torch.Tensor) -> None:
         if x.ndim != 3 or x.shape[-1] != self.n_inputs:
             raise ValueError(
                 f"expected inputs of shape (batch, time, {self.n_inputs}), got {tuple(x.shape)}"
             )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: (batch, time, n_inputs) normalised inputs → (batch,) prediction for the last day
+        (or (batch, n_outputs) when ``n_outputs > 1``)."""
+        y = self.forward_last(x, 1)[:, 0]
+        return y
+
+    def forward_last(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """Predictions for the last ``n`` days of each sequence: (batch, n) (or (batch, n, n_outputs))."""
+        self._check(x)
         out, _ = self.lstm(x)
-        y = self.head(self.dropout(out[:, -1]))
+        y = self.head(self.dropout(out[:, -n:]))
         return y.squeeze(-1) if y.shape[-1] == 1 else y
 
     def predict_sequence(self, x: torch.Tensor) -> torch.Tensor:
         """Prediction for every timestep of ``x`` (batch, time) — the continuous-mode simulation."""
+        self._check(x)
         out, _ = self.lstm(x)
         y = self.head(out)
         return y.squeeze(-1) if y.shape[-1] == 1 else y

@@ -228,9 +228,10 @@ class CellStateExplorer(pn.viewable.Viewer):
         common = dict(responsive=True, fontscale=fs, show_grid=True, toolbar="right",
                       default_tools=["xpan", "xwheel_zoom", "box_zoom", "reset", "save"],
                       active_tools=["xwheel_zoom"])
+        forcing = dict(common)
         if not cont and self.ready:
             a, b = self.shown_period()
-            common["xlim"] = (a, b)
+            forcing["xlim"] = (a, b)  # the forcing plots never refresh while scrubbing; the x-range moves
 
         def prcp(data):
             return hv.Spikes(data.reset_index(), "time", ("prcp", "mm/day"), label="precipitation")
@@ -277,20 +278,20 @@ class CellStateExplorer(pn.viewable.Viewer):
 
         p_prcp = hv.DynamicMap(prcp, streams=[self._series_pipe]).opts(
             hv.opts.Spikes(color=COLORS["prcp"], line_width=lw * (0.6 if cont else 1.3), height=int(110 * hk),
-                           xaxis=None, title="Precipitation", **common))
+                           xaxis=None, title="Precipitation", **forcing))
         p_temp = hv.DynamicMap(temp, streams=[self._series_pipe]).opts(
             hv.opts.Area(color=COLORS["tband"], alpha=0.6, line_width=0),
             hv.opts.Curve(color=COLORS["tmean"], line_width=lw * 0.8),
             hv.opts.HLine(color="#4a5568", line_width=1, line_dash="dotted"),
             hv.opts.Overlay(height=int(120 * hk), xaxis=None, title="Air temperature (band tmin–tmax, 0 °C dotted)",
-                            show_legend=False, **common))
+                            show_legend=False, **forcing))
         p_swe = hv.DynamicMap(swe, streams=[self._series_pipe]).opts(
             hv.opts.Area(color=COLORS["swe"], alpha=0.7, line_width=lw * 0.5, height=int(110 * hk), xaxis=None,
-                         title=self._swe_title(), **common))
+                         title=self._swe_title(), **forcing))
         p_flow = hv.DynamicMap(flow, streams=[self._series_pipe]).opts(
             hv.opts.Overlay(height=int(170 * hk), xaxis=None, title="Streamflow",
                             legend_position="top_left", legend_opts={"background_fill_alpha": 0.6},
-                            legend_cols=2, **common))
+                            legend_cols=2, **forcing))
         cmap, clim = self._color_for_gate()
         img_opts = hv.opts.Image(cmap=cmap, clim=clim, colorbar=True, height=int(240 * hk), tools=["hover", "tap"],
                                  ylabel="cell", xaxis=None, framewise=True, hooks=[self._title_hook],
@@ -324,11 +325,18 @@ class CellStateExplorer(pn.viewable.Viewer):
     def _capture(self, name: str):
         def hook(plot, element):
             self._figs[name] = plot.state
+            if self.mode == "window" and self.ready and self.date is not None:
+                self._fit_y_ranges({name: plot.state})
         return hook
 
-    def _fit_y_ranges(self) -> None:
-        """Window mode: fit the y-axes of the forcing and flow plots to the shown window (cheap range patches)."""
+    def _fit_y_ranges(self, figs: dict | None = None) -> None:
+        """Window mode: move the shared x-range to the window and fit the y-axes of the forcing and flow plots
+        to it (cheap range patches; the plots themselves are not re-rendered)."""
+        figs = self._figs if figs is None else figs
         a, b = self.shown_period()
+        for fig in figs.values():
+            fig.x_range.start = float((a - pd.Timedelta(hours=12)).value / 1e6)
+            fig.x_range.end = float((b + pd.Timedelta(hours=12)).value / 1e6)
         f = self._frame.loc[a:b]
         q = pd.concat([f["qobs"], f["q_benchmark"], self._qsim.loc[a:b]])
         spans = {
@@ -338,7 +346,7 @@ class CellStateExplorer(pn.viewable.Viewer):
             "flow": (min(0.0, q.min()), q.max()),
         }
         for name, (lo, hi) in spans.items():
-            fig = self._figs.get(name)
+            fig = figs.get(name)
             if fig is None or not np.isfinite(lo) or not np.isfinite(hi):
                 continue
             if hi <= lo:

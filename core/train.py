@@ -41,12 +41,12 @@ class HydroTrainConfig:
     dropout: float = 0.1
     initial_forget_bias: float = 3.0
     predict_last_n: int = 365
-    sample_stride: int = 30
-    epochs: int = 40
-    batch_size: int = 32
+    sample_stride: int = 5
+    epochs: int = 80
+    batch_size: int = 16
     learning_rate: float = 1e-3
-    lr_decay_epochs: tuple[int, ...] = (25, 35)  # learning rate × 0.5 from each of these epochs on
-    eval_every: int = 5
+    lr_decay_epochs: tuple[int, ...] = (50, 70)  # learning rate × 0.5 from each of these epochs on
+    eval_every: int = 10
     weight_decay: float = 0.0
     train_period: tuple[str, str] = TRAIN_PERIOD
     test_period: tuple[str, str] = TEST_PERIOD

@@ -56,7 +56,13 @@ def open_basin_data(spec: str | Path | None = None, basin: str | None = None) ->
     from xaiscope.data import camels, synthetic
 
     if spec is None or str(spec) == "demo":
-        return camels.demo_basin()
+        ds = camels.demo_basin()
+        if basin is not None and str(basin).zfill(8) != ds.attrs["basin_id"]:
+            raise XaiscopeError(
+                f"basin {basin} is not bundled (the demo data hold basin {ds.attrs['basin_id']} only); point --data "
+                "at a CAMELS-US folder that has it."
+            )
+        return ds
     spec_s = str(spec)
     if spec_s.startswith("synthetic"):
         _, _, seed = spec_s.partition(":")

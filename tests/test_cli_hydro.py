@@ -138,6 +138,9 @@ def test_bad_inputs_give_one_clear_error(trained, tmp_path, capsys):
     assert main(["states", str(out), "--data", str(tmp_path / "nope"), "--date", "1994-01-10",
                  "--out", str(tmp_path / "x.nc")]) == 2
     assert "no such data" in capsys.readouterr().err
+    assert main(["states", str(out), "--basin", "01013500", "--date", "1994-01-10",
+                 "--out", str(tmp_path / "x.nc")]) == 2
+    assert "not bundled" in capsys.readouterr().err
     no_srad = xr.open_dataset(nc).drop_vars("srad")
     with pytest.raises(Exception, match="srad"):
         hydro.normalised_inputs(hydro.load_hydro(out), no_srad)

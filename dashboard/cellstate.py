@@ -355,9 +355,24 @@ class CellStateExplorer(pn.viewable.Viewer):
             fig.y_range.start = float(lo - (pad if name == "temp" or lo < 0 else 0.0))
             fig.y_range.end = float(hi + pad)
 
+    def _defer_fit(self) -> None:
+        """Fit the ranges again once the browser has the freshly built plots (their first render sets the
+        union of all shared ranges)."""
+        doc = pn.state.curdoc
+        if self.mode != "window" or doc is None or doc.session_context is None:
+            return
+
+        def fit():
+            if self.mode == "window" and self.ready:
+                with pn.io.hold(doc):
+                    self._fit_y_ranges()
+
+        doc.add_timeout_callback(fit, 400)
+
     def _title_hook(self, plot, element) -> None:
         """The heatmap title names the shown day (tests and the latency benchmark read it in the browser)."""
         title = self._image_title()
+        self._heat_fig = plot.state
         if plot.state.title is not None and plot.state.title.text != title:
             plot.state.title.text = title
 
@@ -623,6 +638,7 @@ class CellStateExplorer(pn.viewable.Viewer):
         if not self.cells and self._corr_long is not None and "swe" in set(self._corr_long["variable"]):
             self.select_best_cell()  # start on the snow cell: the view's headline question
         self._refresh()
+        self._defer_fit()
 
     def _slow_done(self, what: str) -> None:
         if what == "sim":
@@ -682,6 +698,7 @@ class CellStateExplorer(pn.viewable.Viewer):
         self._rebuild_plots()
         if self.ready:
             self._guard("Switching mode", self._refresh)
+            self._defer_fit()
 
     def _on_presentation(self, *_):
         self._rebuild_plots()
@@ -803,6 +820,9 @@ class CellStateExplorer(pn.viewable.Viewer):
                 if self.mode == "continuous":
                     for span in self._spans:
                         span.location = self._day_ms()
+                    fig = getattr(self, "_heat_fig", None)
+                    if fig is not None and fig.title is not None:
+                        fig.title.text = self._image_title()
                     if what == "all":
                         self._image_pipe.send({"image": data["image"], "title": self._image_title(),
                                                "marks": data["marks"]})

@@ -169,6 +169,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     p.set_defaults(func=_cmd_train_hydro)
 
+    p = train_sub.add_parser(
+        "enso", help="ENSO ConvLSTM on monthly SST (+SSH) anomaly maps",
+        description="Train the ENSO ConvLSTM (maps, Niño 3.4 and phase for leads 1..6) on the bundled 5° ERSSTv5/"
+                    "GODAS anomalies or a NetCDF SST file; writes OUT/epoch_NNN every epoch and reports the "
+                    "test-period Niño 3.4 skill by lead beside persistence and the LIM.")
+    p.add_argument("--data", default="demo", help="'demo' (bundled 5° ERSSTv5 + GODAS SSH anomalies) or a NetCDF "
+                                                  "file of SST anomalies (then only sst_anomaly is used)")
+    p.add_argument("--out", required=True, help="output folder for the checkpoint series")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--hidden", default="16,16,32", help="channels per ConvLSTM layer, comma-separated")
+    p.add_argument("--kernels", default="3,3,5", help="kernel size per layer, comma-separated (odd)")
+    p.add_argument("--window", type=int, default=6, help="input months")
+    p.add_argument("--leads", type=int, default=6, help="forecast leads (months)")
+    p.add_argument("--no-ssh", action="store_true", help="SST anomalies only (no SSH input channel)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-start", default="1980-01")
+    p.add_argument("--train-end", default="2005-12")
+    p.add_argument("--val-start", default="2006-01")
+    p.add_argument("--val-end", default="2009-12")
+    p.add_argument("--test-start", default="2010-01")
+    p.add_argument("--test-end", default="2018-12")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_device(p)
+    p.set_defaults(func=lambda a: __import__("importlib").import_module("xaiscope.core.train_enso").run_cli(a))
+
     # states
     p = sub.add_parser(
         "states", help="write every cell state, hidden state and gate of an LSTM checkpoint to NetCDF",

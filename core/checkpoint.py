@@ -272,7 +272,7 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
     model = build_model(manifest["kind"], manifest["config"])
     load_state_into(model, state, weights)
     model.eval()
-    return Checkpoint(model=model, manifest=manifest, path=path, sha256=digest)
+    return Checkpoint(model=model, manifest=manifest, path=path, sha256=digest, extra={"weights_path": weights})
 
 
 def list_series(run_dir: str | Path) -> list[Path]:

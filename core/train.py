@@ -178,7 +178,7 @@ def train_hydro(ds: xr.Dataset, out: str | Path, config: HydroTrainConfig | None
         row = {"epoch": epoch, "lr": lr, "train_loss": total / max(count, 1), "seconds": time.perf_counter() - t0}
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             ckpt = Checkpoint(model=model, manifest=manifest, path=out, sha256="")
-            sim = hydro.simulate(ckpt, ds, *cfg.test_period, device=device)
+            sim = hydro.simulate(ckpt, ds, *cfg.test_period, device=device, cache=False)
             test = hydro.skill(obs_test.values, sim.values)
             manifest["test_metrics"] = {**test, **bench}
             row.update(test_nse=test["nse"], test_kge=test["kge"])

@@ -154,3 +154,32 @@ def test_evaluate_and_info(trained, capsys):
     assert res["model"]["nse"] == pytest.approx(ckpt.manifest["test_metrics"]["nse"], rel=1e-6)
     assert main(["info", str(out)]) == 0
     assert "hydro_lstm" in capsys.readouterr().out
+
+
+def test_simulation_cache(trained, basin, tmp_path, monkeypatch):
+    monkeypatch.setenv("XAISCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    ckpt = hydro.load_hydro(trained[0])
+    fresh = hydro.simulate(ckpt, basin, device="cpu", cache=False)
+    first = hydro.simulate(ckpt, basin, device="cpu")  # full record: computed and stored
+    stored = list((tmp_path / "cache" / "simulations").glob("*.nc"))
+    assert len(stored) == 1 and stored[0].name.startswith(ckpt.sha256[:16])
+    np.testing.assert_array_equal(first.values, fresh.values)
+
+    def refuse(*a, **k):
+        raise AssertionError("the model must not run when the simulation is cached")
+
+    monkeypatch.setattr(ckpt.model, "forward", refuse)
+    part = hydro.simulate(ckpt, basin, "1993-02-01", "1993-03-31", device="cpu")
+    np.testing.assert_array_equal(part.values, fresh.sel(time=slice("1993-02-01", "1993-03-31")).values)
+    # other inputs → other key → the model runs again
+    changed = basin.copy()
+    changed["prcp"] = basin.prcp * 1.5
+    assert hydro.data_key(ckpt, changed) != hydro.data_key(ckpt, basin)
+    with pytest.raises(AssertionError, match="must not run"):
+        hydro.simulate(ckpt, changed, "1993-02-01", "1993-03-31", device="cpu")
+    monkeypatch.undo()
+    monkeypatch.setenv("XAISCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    # a damaged cache file is recomputed, not trusted
+    stored[0].write_bytes(b"not netcdf")
+    again = hydro.simulate(ckpt, basin, "1993-02-01", "1993-03-31", device="cpu")
+    np.testing.assert_array_equal(again.values, part.values)

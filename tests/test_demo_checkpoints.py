@@ -91,3 +91,13 @@ def test_first_epoch_reproducible_from_manifest(demo, tmp_path):
     again = load_checkpoint(tmp_path / "again" / "epoch_001").model.state_dict()
     for k, v in shipped.items():
         torch.testing.assert_close(again[k], v, atol=1e-5, rtol=1e-4, msg=k)
+
+
+def test_shipped_simulation_is_what_the_model_computes(demo):
+    _, ckpt, ds = demo
+    shipped = list((ckpt.extra["weights_path"].parent / "simulations").glob("*.nc"))
+    assert len(shipped) == 1 and shipped[0].name.startswith(ckpt.sha256[:16])
+    assert shipped[0].name.split("_")[1].startswith(hydro.data_key(ckpt, ds)[:16])  # it is used, not stale
+    cached = hydro.simulate(ckpt, ds, "2005-01-01", "2005-12-31", device="cpu")
+    fresh = hydro.simulate(ckpt, ds, "2005-01-01", "2005-12-31", device="cpu", cache=False)
+    np.testing.assert_allclose(cached.values, fresh.values, rtol=1e-5, atol=1e-5)

@@ -17,6 +17,8 @@ from torch import nn
 from xaiscope.core.errors import CheckpointError, UnknownModelError
 
 MODELS: dict[str, type[nn.Module]] = {}
+#: Modules that register further built-in models; imported on the first lookup of a kind not yet known.
+BUILTIN_MODEL_MODULES = ("xaiscope.core.convlstm",)
 
 
 def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
@@ -34,6 +36,11 @@ def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
 
 def get_model_class(kind: str) -> type[nn.Module]:
     """The registered class for ``kind``; an unknown name gets a "did you mean" error."""
+    if kind not in MODELS:
+        import importlib
+
+        for module in BUILTIN_MODEL_MODULES:
+            importlib.import_module(module)
     try:
         return MODELS[kind]
     except KeyError:

@@ -191,3 +191,13 @@ def test_pickle_module_not_used_on_safe_paths(tmp_path, model, monkeypatch):
     monkeypatch.setattr(pickle, "load", boom)
     monkeypatch.setattr(pickle, "loads", boom)
     load_checkpoint(tmp_path / "ck")
+
+
+def test_builtin_kinds_load_without_importing_their_module_first():
+    import subprocess
+    import sys
+
+    code = ("from xaiscope.assets import ASSETS; from xaiscope.core.checkpoint import load_checkpoint; "
+            "print(load_checkpoint(ASSETS / 'checkpoints' / 'enso_convlstm').kind)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "enso_convlstm"

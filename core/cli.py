@@ -46,6 +46,12 @@ def _cmd_train_hydro(args) -> int:
     return 0
 
 
+def _cmd_train_enso(args) -> int:
+    from xaiscope.core.train_enso import run_cli
+
+    return run_cli(args)
+
+
 # --------------------------------------------------------------------------------------------- states
 def _cmd_states(args) -> int:
     from xaiscope.core import hydro
@@ -194,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-end", default="2018-12")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_device(p)
-    p.set_defaults(func=lambda a: __import__("importlib").import_module("xaiscope.core.train_enso").run_cli(a))
+    p.set_defaults(func=_cmd_train_enso)
 
     # states
     p = sub.add_parser(

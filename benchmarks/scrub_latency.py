@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import sys
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
     e2e, server, compute = [], [], []
     with served_app(checkpoints=[ckpt], data=data) as (url, _, log):
         with browser_page() as page:
-            page.goto(f"{url}?mode={args.mode}&date={args.start}")
+            page.goto(f"{url}?mode={args.mode}&date={args.start}", timeout=300_000)
             page.wait_for_selector("text=computed in", timeout=300_000)
             page.wait_for_function(HEATMAP_TITLE_JS, arg=args.start, timeout=60_000)
             # let the background work (per-day simulation, ridge probe) finish: it shares the CPU
@@ -100,6 +101,8 @@ def main(argv=None) -> int:
                     server.append(float(m.group(2)))
     rows = [("browser: key press → new day drawn", e2e), ("server: compute + push update", server),
             ("server: compute only", compute)]
+    load = os.getloadavg()
+    print(f"load average (1/5/15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores")
     print(f"{'measure':40s} {'n':>4s} {'p50 ms':>8s} {'p95 ms':>8s}")
     for name, vals in rows:
         if vals:
@@ -110,6 +113,7 @@ def main(argv=None) -> int:
         "server_p50_ms": round(pct(server, .5), 1) if server else None,
         "server_p95_ms": round(pct(server, .95), 1) if server else None,
         "compute_p50_ms": round(statistics.median(compute), 1) if compute else None,
+        "loadavg_1min": round(load[0], 2), "cpus": os.cpu_count(),
         "goal_e2e_p50_ms": 150, "goal_server_ms": 50,
     }
     print(json.dumps(result))

@@ -152,6 +152,14 @@ def create_app(checkpoints: Sequence | None = None, data: Sequence | None = None
     return template
 
 
+def set_torch_threads(n: int | None) -> None:
+    """Cap torch's intra-op threads (``None``: leave torch's default)."""
+    if n:
+        import torch
+
+        torch.set_num_threads(int(n))
+
+
 def _origins(address: str, port: int) -> list[str]:
     if address in ("0.0.0.0", "::", ""):
         return ["*"]
@@ -160,12 +168,15 @@ def _origins(address: str, port: int) -> list[str]:
 
 def serve(port: int = 5006, address: str = "127.0.0.1", checkpoints: Sequence[str | Path] = (),
           data: Sequence[str | Path] = (), device: str | None = None, show: bool = False, threaded: bool = False,
-          **kwargs):
+          torch_threads: int | None = 1, **kwargs):
     """Serve the app (blocking unless ``threaded``).
 
     ``checkpoints`` are offered before the demo checkpoints; ``data`` specs before the demo and synthetic basins
     (see :func:`xaiscope.dashboard.sources.parse_data_spec`). Returns the server (threaded) or blocks.
+    ``torch_threads`` (default 1) caps torch's intra-op threads in the server process: the work per request is
+    small and a second thread only fights the server's event loop for the CPU (``None`` keeps torch's default).
     """
+    set_torch_threads(torch_threads)
     if not logging.getLogger().handlers and not log.handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from xaiscope.dashboard.sources import default_checkpoints
@@ -192,6 +203,7 @@ def _argv_options(argv: Sequence[str]) -> argparse.Namespace:
 
 if pn.state.served:  # `panel serve dashboard/app.py [--args ...]`
     _opts = _argv_options(sys.argv[1:])
+    set_torch_threads(1)
     from xaiscope.dashboard.sources import default_checkpoints as _defaults
 
     _ck = list(_opts.checkpoint) + [p for p in _defaults().values() if p not in _opts.checkpoint]

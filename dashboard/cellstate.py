@@ -7,11 +7,14 @@ Two modes:
 
 * **window** — for the selected day, the ``window``-day input sequence that ends that day (as the model sees it
   when it predicts that day's discharge, from a zero state) and every cell state, hidden state and gate in it;
+  every shared-x plot holds only that window (about 365 points) and the x-range follows it;
 * **continuous** — one pass over the whole record, the selected day marked by a vertical line.
 
-Plots update in place: each plot is a ``hv.DynamicMap`` fed by an ``hv.streams.Pipe``; scrubbing sends new
-data down the pipes (window mode) or moves the day marker (continuous mode). Expensive results (simulation,
-continuous pass, correlations, ridge probe) are computed once per checkpoint and dataset and cached.
+The stacked plots are plain Bokeh figures (one shared x-range) shown through ``pn.pane.Bokeh``. Scrubbing only
+replaces the ``data`` of their ``ColumnDataSource``s (window mode: a few kB per day) or moves the day marker
+(continuous mode: one number per plot), so a day change is one small patch message and no glyph is rebuilt.
+Expensive results (simulation, continuous pass, correlations, ridge probe) are computed once per checkpoint and
+dataset and cached in the process (see :mod:`xaiscope.dashboard.compute`).
 """
 
 from __future__ import annotations
@@ -29,8 +32,14 @@ import panel as pn
 import param
 import xarray as xr
 import holoviews.plotting.bokeh  # noqa: F401 - registers the bokeh options without notebook output
-from holoviews.operation.datashader import rasterize
-from holoviews.streams import Pipe, Tap
+import colorcet
+from bokeh.core.properties import value as bk_value
+from bokeh.events import Tap
+from bokeh.layouts import gridplot
+from bokeh.models import (ColorBar, ColumnDataSource, HoverTool, Legend, LegendItem, LinearColorMapper, Range1d,
+                          Span, TapTool)
+from bokeh.palettes import Viridis256
+from bokeh.plotting import figure
 
 from xaiscope.core import analysis, hydro
 from xaiscope.dashboard import compute
@@ -42,8 +51,6 @@ if hv.Store.current_backend != "bokeh" or not hv.Store.options(backend="bokeh"):
     hv.Store.set_current_backend("bokeh")
 hv.Store.set_current_backend("bokeh")
 
-# rasterize() regrids datetime axes in float nanoseconds; the default tolerance rejects the round-off
-hv.config.image_rtol = max(float(getattr(hv.config, "image_rtol", 0.0) or 0.0), 1e-2)
 
 COLORS = {
     "prcp": "#2b6cb0", "tmean": "#c05621", "tband": "#fbd38d", "swe": "#4fa3c7", "qobs": "#1a202c",
@@ -52,8 +59,9 @@ COLORS = {
 CELL_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
                "#bcbd22", "#7f7f7f"]
 _PREFETCH = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xaiscope-prefetch")
-RASTERIZE_ABOVE = 2000  # days; longer heatmaps are rasterised with datashader
 MAX_TRACES = 10
+DAY_MS = 86_400_000.0
+SERIES = ("prcp", "tmin", "tmax", "tmean", "swe", "qobs", "q_benchmark", "qsim")
 
 
 def _empty_frame() -> pd.DataFrame:
@@ -62,9 +70,9 @@ def _empty_frame() -> pd.DataFrame:
     return pd.DataFrame({c: [np.nan, np.nan] for c in cols}, index=idx)
 
 
-def _empty_image() -> xr.DataArray:
-    t = pd.date_range("2000-01-01", periods=2)
-    return xr.DataArray(np.zeros((2, 2)), coords={"cell": [0, 1], "time": t}, dims=("cell", "time"), name="c")
+def _ms(times) -> np.ndarray:
+    """Datetimes as float milliseconds since 1970 (what Bokeh's datetime axes use)."""
+    return np.asarray(times, dtype="datetime64[ms]").astype(np.int64).astype(np.float64)
 
 
 class CellStateExplorer(pn.viewable.Viewer):
@@ -107,10 +115,11 @@ class CellStateExplorer(pn.viewable.Viewer):
         self._prefetching = None
         self._sim_ready = False
         self._qsim = pd.Series(dtype=float)
+        self._qsim_arr = np.zeros(0)
+        self._readouts_pending = False
         self._token = 0
-        self._build_streams()
         self._build_widgets()
-        self._plot_pane = pn.pane.HoloViews(self._build_plots(), sizing_mode="stretch_width", linked_axes=True)
+        self._plot_pane = pn.pane.Bokeh(self._build_plots(), sizing_mode="stretch_width")
         self.state.param.watch(self._on_source, ["ckpt", "ds", "error"])
         self.param.watch(self._on_date, ["date"])
         self.param.watch(self._on_view_change, ["layer", "gate"])
@@ -145,14 +154,6 @@ class CellStateExplorer(pn.viewable.Viewer):
     def n_cells(self) -> int:
         return int(self.ckpt.model.lstm.hidden_size) if self.ckpt is not None else 1
 
-    # ------------------------------------------------------------------------------------ streams
-    def _build_streams(self) -> None:
-        self._series_pipe = Pipe(data=self._frame)
-        self._image_pipe = Pipe(data={"image": _empty_image(), "title": "", "marks": []})
-        self._traces_pipe = Pipe(data={})
-        self._day_pipe = Pipe(data=pd.Timestamp("2000-01-01"))
-        self._marks_pipe = Pipe(data=[])
-
     # ------------------------------------------------------------------------------------ widgets
     def _build_widgets(self) -> None:
         w = pn.widgets
@@ -174,7 +175,8 @@ class CellStateExplorer(pn.viewable.Viewer):
                                       max_items=MAX_TRACES, sizing_mode="stretch_width", min_width=240)
         self._best_btn = w.Button(name="Select the best snow cell", button_type="success",
                                   disabled=True)
-        self._status_md = pn.pane.Markdown("", sizing_mode="stretch_width", css_classes=["xs-status"],
+        # a fixed height: a new status line must not make the browser lay out the whole page again
+        self._status_md = pn.pane.Markdown("", sizing_mode="stretch_width", css_classes=["xs-status"], height=32,
                                            margin=(0, 10))
         self._alert = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width")
         self._warn = pn.pane.Alert("", alert_type="warning", visible=False, sizing_mode="stretch_width")
@@ -219,175 +221,178 @@ class CellStateExplorer(pn.viewable.Viewer):
         return {"fontscale": 1.6 if big else 1.0, "lw": 3.5 if big else 1.5, "h": 1.45 if big else 1.0}
 
     def _build_plots(self):
-        """The stacked, shared-x plots. Forcing and flow hold the whole record (sent once per source); the
-        heatmap and the traces are re-fed on every day change; in window mode the heatmap's framewise x-range
-        (shared with every plot) moves all plots to the window, in continuous mode a day marker moves."""
+        """The stacked, shared-x Bokeh figures and the data sources that feed them.
+
+        Built once per checkpoint/data and on a presentation-mode switch; everything else (day, mode, layer,
+        internal, cells) only replaces source data, the shared x-range, the colour mapper's limits, the day marker
+        and the heatmap title."""
         o = self._opts()
         lw, fs, hk = o["lw"], o["fontscale"], o["h"]
-        cont = self.mode == "continuous"
-        common = dict(responsive=True, fontscale=fs, show_grid=True, toolbar="right",
-                      default_tools=["xpan", "xwheel_zoom", "box_zoom", "reset", "save"],
-                      active_tools=["xwheel_zoom"])
-        forcing = dict(common)
-        if not cont and self.ready:
-            a, b = self.shown_period()
-            forcing["xlim"] = (a, b)  # the forcing plots never refresh while scrubbing; the x-range moves
-
-        def prcp(data):
-            return hv.Spikes(data.reset_index(), "time", ("prcp", "mm/day"), label="precipitation")
-
-        def temp(data):
-            d = data.reset_index()
-            band = hv.Area(d, "time", [("tmin", "°C"), ("tmax", "tmax")], label="tmin–tmax")
-            return band * hv.Curve(d, "time", ("tmean", "°C"), label="tmean") * hv.HLine(0)
-
-        def swe(data):
-            d = data.reset_index()
-            return hv.Area(d, "time", ("swe", "mm"), label="snow water equivalent")
-
-        def flow(data):
-            d = data.reset_index()
-            q = "mm/day"
-            sim_label = "LSTM" if self._sim_ready else "LSTM (continuous pass; per-day simulation running)"
-            obs = hv.Curve(d, "time", [("qobs", q)], label="observed").redim(qobs=q)
-            bench = hv.Curve(d, "time", [("q_benchmark", q)], label="SAC-SMA + Snow-17").redim(q_benchmark=q)
-            sim = hv.Curve(d, "time", [("qsim", q)], label=sim_label).redim(qsim=q)
-            neg = d[d["qsim"] < 0]
-            negp = hv.Scatter(neg, "time", [("qsim", q)], label="negative (impossible)").redim(qsim=q)
-            return (obs.opts(color=COLORS["qobs"], line_width=lw * 0.9)
-                    * bench.opts(color=COLORS["qbench"], line_width=lw * 0.8, line_dash="dotted")
-                    * sim.opts(color=COLORS["qsim"], line_width=lw * 0.9)
-                    * negp.opts(color=COLORS["neg"], size=7 * hk, marker="x"))
-
-        def image(data):
-            da = data["image"]
-            return hv.Image((da["time"].values, da["cell"].values, da.values), kdims=["time", "cell"],
-                            vdims=[hv.Dimension("value", label=str(da.name))])
-
-        def image_marks(data):
-            return image(data) * hv.HLines(np.asarray(data["marks"], dtype=float))
-
-        def traces(data):
-            curves = {k: hv.Curve((v.index.values, v.values), "time", "value") for k, v in data.items()}
-            if not curves:
-                curves = {"none": hv.Curve([], "time", "value")}
-            return hv.NdOverlay(curves, kdims=["cell"])
-
-        def marks(data):
-            return hv.HLines(np.asarray(data, dtype=float))
-
-        p_prcp = hv.DynamicMap(prcp, streams=[self._series_pipe]).opts(
-            hv.opts.Spikes(color=COLORS["prcp"], line_width=lw * (0.6 if cont else 1.3), height=int(110 * hk),
-                           xaxis=None, title="Precipitation", **forcing))
-        p_temp = hv.DynamicMap(temp, streams=[self._series_pipe]).opts(
-            hv.opts.Area(color=COLORS["tband"], alpha=0.6, line_width=0),
-            hv.opts.Curve(color=COLORS["tmean"], line_width=lw * 0.8),
-            hv.opts.HLine(color="#4a5568", line_width=1, line_dash="dotted"),
-            hv.opts.Overlay(height=int(120 * hk), xaxis=None, title="Air temperature (band tmin–tmax, 0 °C dotted)",
-                            show_legend=False, **forcing))
-        p_swe = hv.DynamicMap(swe, streams=[self._series_pipe]).opts(
-            hv.opts.Area(color=COLORS["swe"], alpha=0.7, line_width=lw * 0.5, height=int(110 * hk), xaxis=None,
-                         title=self._swe_title(), **forcing))
-        p_flow = hv.DynamicMap(flow, streams=[self._series_pipe]).opts(
-            hv.opts.Overlay(height=int(170 * hk), xaxis=None, title="Streamflow",
-                            legend_position="top_left", legend_opts={"background_fill_alpha": 0.6},
-                            legend_cols=2, **forcing))
-        cmap, clim = self._color_for_gate()
-        img_opts = hv.opts.Image(cmap=cmap, clim=clim, colorbar=True, height=int(240 * hk), tools=["hover", "tap"],
-                                 ylabel="cell", xaxis=None, framewise=True, hooks=[self._title_hook],
-                                 colorbar_opts={"width": 10}, symmetric=(self.gate == "c"), **common)
-        hl_opts = hv.opts.HLines(color="#111111", line_width=1.5 * hk, alpha=0.9)
-        if cont and len(getattr(self, "_days", ())) > RASTERIZE_ABOVE:
-            img = hv.DynamicMap(image, streams=[self._image_pipe])
-            img = rasterize(img, aggregator="mean", width=1400, height=max(self.n_cells * 4, 40), dynamic=True)
-            self._tap = Tap(source=img, x=None, y=None)
-            heat = img.opts(img_opts) * hv.DynamicMap(marks, streams=[self._marks_pipe]).opts(hl_opts)
-        else:
-            heat = hv.DynamicMap(image_marks, streams=[self._image_pipe]).opts(img_opts, hl_opts)
-            self._tap = Tap(source=heat, x=None, y=None)
-        self._tap.add_subscriber(self._on_tap)
-        p_tr = hv.DynamicMap(traces, streams=[self._traces_pipe]).opts(
-            hv.opts.Curve(line_width=lw, tools=["hover"], framewise=True),
-            hv.opts.NdOverlay(height=int(190 * hk), legend_position="right", title="Selected cells",
-                              xlabel="date", framewise=True, **common))
-        self._figs = {}
-        p_prcp = p_prcp.opts(hooks=[self._capture("prcp")])
-        p_temp = p_temp.opts(hv.opts.Overlay(hooks=[self._capture("temp")]))
-        p_swe = p_swe.opts(hooks=[self._capture("swe")])
-        p_flow = p_flow.opts(hv.opts.Overlay(hooks=[self._capture("flow")]))
-        plots = [p_prcp, p_temp, p_swe, p_flow, heat, p_tr]
-        self._spans = []
-        if cont:
-            hook = self._day_span_hook
-            plots = [p.opts(hooks=[hook]) for p in plots]
-        return hv.Layout(plots).cols(1).opts(shared_axes=True)
-
-    def _capture(self, name: str):
-        def hook(plot, element):
-            self._figs[name] = plot.state
-            if self.mode == "window" and self.ready and self.date is not None:
-                self._fit_y_ranges({name: plot.state})
-        return hook
-
-    def _fit_y_ranges(self, figs: dict | None = None) -> None:
-        """Window mode: move the shared x-range to the window and fit the y-axes of the forcing and flow plots
-        to it (cheap range patches; the plots themselves are not re-rendered)."""
-        figs = self._figs if figs is None else figs
-        a, b = self.shown_period()
-        for fig in figs.values():
-            fig.x_range.start = float((a - pd.Timedelta(hours=12)).value / 1e6)
-            fig.x_range.end = float((b + pd.Timedelta(hours=12)).value / 1e6)
-        f = self._frame.loc[a:b]
-        q = pd.concat([f["qobs"], f["q_benchmark"], self._qsim.loc[a:b]])
-        spans = {
-            "prcp": (0.0, f["prcp"].max()),
-            "temp": (f["tmin"].min(), f["tmax"].max()),
-            "swe": (0.0, f["swe"].max()),
-            "flow": (min(0.0, q.min()), q.max()),
+        self._src = {
+            "series": ColumnDataSource({k: np.zeros(0) for k in ("time", *SERIES)}),
+            "neg": ColumnDataSource({"time": np.zeros(0), "qsim": np.zeros(0)}),
+            "heat": ColumnDataSource({"image": [np.zeros((1, 1))], "x": [0.0], "y": [-0.5], "dw": [1.0],
+                                      "dh": [1.0]}),
+            "marks": ColumnDataSource({"y": np.zeros(0)}),
+            "traces": ColumnDataSource({"time": np.zeros(0), **{f"y{k}": np.zeros(0) for k in range(MAX_TRACES)}}),
         }
-        for name, (lo, hi) in spans.items():
-            fig = figs.get(name)
-            if fig is None or not np.isfinite(lo) or not np.isfinite(hi):
-                continue
-            if hi <= lo:
-                hi = lo + 1.0
-            pad = 0.06 * (hi - lo)
-            fig.y_range.start = float(lo - (pad if name == "temp" or lo < 0 else 0.0))
-            fig.y_range.end = float(hi + pad)
+        self._xr = Range1d(start=0.0, end=DAY_MS * 365)
+        self._spans = []
+        title_px, tick_px, label_px = f"{13 * fs:.0f}px", f"{11 * fs:.0f}px", f"{12 * fs:.0f}px"
 
-    def _defer_fit(self) -> None:
-        """Fit the ranges again once the browser has the freshly built plots (their first render sets the
-        union of all shared ranges)."""
-        doc = pn.state.curdoc
-        if self.mode != "window" or doc is None or doc.session_context is None:
-            return
+        def fig(height, title, xaxis=False, **kw):
+            f = figure(height=int(height * hk), x_axis_type="datetime", x_range=self._xr, title=title,
+                       tools="xpan,xwheel_zoom,box_zoom,reset,save", active_scroll="xwheel_zoom",
+                       sizing_mode="stretch_width", min_border_left=70, min_border_right=90,
+                       output_backend="canvas", **kw)
+            f.title.text_font_size = title_px
+            f.axis.major_label_text_font_size = tick_px
+            f.axis.axis_label_text_font_size = label_px
+            f.xaxis.visible = xaxis
+            f.toolbar.logo = None
+            f.grid.grid_line_alpha = 0.35
+            span = Span(location=self._day_ms(), dimension="height", line_color=COLORS["day"],
+                        line_dash="dashed", line_width=max(1.5, lw), line_alpha=0.9, name="xs-day",
+                        visible=self.mode == "continuous")
+            f.add_layout(span)
+            self._spans.append(span)
+            return f
 
-        def fit():
-            if self.mode == "window" and self.ready:
-                with pn.io.hold(doc):
-                    self._fit_y_ranges()
+        s = self._src["series"]
+        f_prcp = fig(110, "Precipitation", y_axis_label="mm/day")
+        self._prcp_bar = f_prcp.vbar(x="time", top="prcp", width=0.8 * DAY_MS, source=s, color=COLORS["prcp"],
+                                     line_color=COLORS["prcp"], line_width=lw * 0.4)
+        f_temp = fig(120, "Air temperature (band tmin–tmax, 0 °C dotted)", y_axis_label="°C")
+        f_temp.varea(x="time", y1="tmin", y2="tmax", source=s, color=COLORS["tband"], alpha=0.6)
+        f_temp.line(x="time", y="tmean", source=s, color=COLORS["tmean"], line_width=lw * 0.8)
+        f_temp.add_layout(Span(location=0, dimension="width", line_color="#4a5568", line_width=1,
+                               line_dash="dotted"))
+        f_swe = fig(110, self._swe_title(), y_axis_label="mm")
+        f_swe.varea(x="time", y1=0, y2="swe", source=s, color=COLORS["swe"], alpha=0.7)
+        f_swe.line(x="time", y="swe", source=s, color=COLORS["swe"], line_width=lw * 0.5)
+        f_flow = fig(170, "Streamflow", y_axis_label="mm/day")
+        r_obs = f_flow.line(x="time", y="qobs", source=s, color=COLORS["qobs"], line_width=lw * 0.9)
+        r_bench = f_flow.line(x="time", y="q_benchmark", source=s, color=COLORS["qbench"], line_width=lw * 0.8,
+                              line_dash="dotted")
+        r_sim = f_flow.line(x="time", y="qsim", source=s, color=COLORS["qsim"], line_width=lw * 0.9)
+        r_neg = f_flow.scatter(x="time", y="qsim", source=self._src["neg"], marker="x", size=7 * hk,
+                               color=COLORS["neg"], line_width=2)
+        self._sim_item = LegendItem(label=self._sim_label(), renderers=[r_sim])
+        legend = Legend(items=[LegendItem(label="observed", renderers=[r_obs]),
+                               LegendItem(label="SAC-SMA + Snow-17", renderers=[r_bench]), self._sim_item,
+                               LegendItem(label="negative (impossible)", renderers=[r_neg])],
+                        location="top_left", ncols=2, background_fill_alpha=0.6, click_policy="hide",
+                        label_text_font_size=tick_px)
+        f_flow.add_layout(legend)
 
-        doc.add_timeout_callback(fit, 400)
+        cmap, (lo, hi) = self._color_for_gate()
+        self._mapper = LinearColorMapper(palette=cmap, low=lo, high=hi, nan_color=(0, 0, 0, 0))
+        f_heat = fig(240, self._image_title(), y_axis_label="cell",
+                     y_range=Range1d(-0.5, max(self.n_cells, 1) - 0.5))
+        f_heat.grid.visible = False
+        r_img = f_heat.image(image="image", x="x", y="y", dw="dw", dh="dh", source=self._src["heat"],
+                             color_mapper=self._mapper)
+        f_heat.hspan(y="y", source=self._src["marks"], line_color="#111111", line_width=1.5 * hk, line_alpha=0.9)
+        f_heat.add_tools(HoverTool(renderers=[r_img], tooltips=[("day", "$x{%F}"), ("cell", "$y{0}"),
+                                                                ("value", "@image{0.000}")],
+                                   formatters={"$x": "datetime"}), TapTool())
+        f_heat.add_layout(ColorBar(color_mapper=self._mapper, width=10, major_label_text_font_size=tick_px),
+                          "right")
+        f_heat.min_border_right = 20
+        f_heat.on_event(Tap, lambda event: self._on_tap(x=event.x, y=event.y))
+        self._heat_fig = f_heat
 
-    def _title_hook(self, plot, element) -> None:
-        """The heatmap title names the shown day (tests and the latency benchmark read it in the browser)."""
-        title = self._image_title()
-        self._heat_fig = plot.state
-        if plot.state.title is not None and plot.state.title.text != title:
-            plot.state.title.text = title
+        f_tr = fig(190, "Selected cells", xaxis=True, x_axis_label="date")
+        self._trace_renderers = []
+        items = []
+        for k in range(MAX_TRACES):
+            r = f_tr.line(x="time", y=f"y{k}", source=self._src["traces"], line_width=lw,
+                          color=CELL_COLORS[k % len(CELL_COLORS)], visible=False)
+            self._trace_renderers.append(r)
+            items.append(LegendItem(label=f"cell {k}", renderers=[r], visible=False))
+        self._trace_items = items
+        f_tr.add_layout(Legend(items=items, location="top_left", label_text_font_size=tick_px,
+                               background_fill_alpha=0.6, click_policy="hide"))
+        f_tr.add_tools(HoverTool(renderers=self._trace_renderers, tooltips=[("day", "@time{%F}"), ("value", "$y")],
+                                 formatters={"@time": "datetime"}, mode="vline"))
+        self._figs = {"prcp": f_prcp, "temp": f_temp, "swe": f_swe, "flow": f_flow, "heat": f_heat,
+                      "traces": f_tr}
+        grid = gridplot([[f] for f in self._figs.values()], toolbar_location="right", merge_tools=True,
+                        sizing_mode="stretch_width")
+        return grid
 
-    def _day_span_hook(self, plot, element) -> None:
-        """Put one bokeh Span (the selected day) into each figure; moving it is a one-number patch."""
-        from bokeh.models import Span
+    def _sim_label(self) -> str:
+        return "LSTM" if self._sim_ready else "LSTM (continuous pass; per-day simulation running)"
 
-        fig = plot.state
-        if any(getattr(r, "name", "") == "xs-day" for r in fig.center):
-            return
-        lw = self._opts()["lw"]
-        span = Span(location=self._day_ms(), dimension="height", line_color=COLORS["day"], line_dash="dashed",
-                    line_width=max(1.5, lw), line_alpha=0.9, name="xs-day")
-        fig.add_layout(span)
-        self._spans.append(span)
+    def _period_index(self) -> tuple[int, int]:
+        """Positions (first, last) in the record of the shown period."""
+        if self.mode == "window":
+            end = self._day_index()
+            return end - hydro.window_length(self.ckpt) + 1, end
+        return 0, len(self._days) - 1
+
+    def _set_qsim(self, qsim: pd.Series) -> None:
+        self._qsim = qsim
+        self._qsim_arr = qsim.reindex(self._days).to_numpy(dtype=np.float64)
+
+    def _push_series(self) -> None:
+        """Forcing and flow of the shown period into the plots' source; the shared x-range follows it."""
+        a, b = self._period_index()
+        sl = slice(a, b + 1)
+        data = {"time": self._days_ms[sl], **{k: self._cols[k][sl] for k in SERIES if k != "qsim"},
+                "qsim": self._qsim_arr[sl]}
+        self._src["series"].data = data
+        neg = data["qsim"] < 0
+        self._src["neg"].data = {"time": data["time"][neg], "qsim": data["qsim"][neg]}
+        self._xr.update(start=float(data["time"][0] - DAY_MS / 2), end=float(data["time"][-1] + DAY_MS / 2))
+        # thin bars for the whole record, day-wide bars for a window
+        self._prcp_bar.glyph.width = DAY_MS * (0.8 if self.mode == "window" else 1.0)
+
+    def _push_states(self, what: str = "all") -> None:
+        """Heatmap image, cell marks and traces of the shown internals (only the traces when ``what='cells'``)."""
+        arr = self._state_array()  # (time, cell)
+        a, _ = self._period_index()
+        t = self._days_ms[a:a + arr.shape[0]]
+        if what != "cells":
+            x0 = float(t[0] - DAY_MS / 2)
+            self._src["heat"].data = {"image": [np.ascontiguousarray(arr.T, dtype=np.float32)], "x": [x0],
+                                      "y": [-0.5], "dw": [float(len(t) * DAY_MS)], "dh": [float(arr.shape[1])]}
+            self._set_color_limits(arr)
+            self._heat_fig.title.text = self._image_title()
+        self._src["marks"].data = {"y": np.array([c + d for c in self.cells for d in (-0.5, 0.5)], dtype=float)}
+        cols = {"time": t}
+        for k in range(MAX_TRACES):
+            cols[f"y{k}"] = arr[:, self.cells[k]] if k < len(self.cells) else np.full(len(t), np.nan)
+        self._src["traces"].data = cols
+        for k, (r, item) in enumerate(zip(self._trace_renderers, self._trace_items)):
+            on = k < len(self.cells)
+            label = f"cell {self.cells[k]}" if on else f"cell {k}"
+            if r.visible != on:
+                r.visible = on
+                item.visible = on
+            if on and getattr(item.label, "value", item.label) != label:
+                item.label = bk_value(label)
+
+    def _state_array(self) -> np.ndarray:
+        st = self.shown_states()
+        return np.asarray(st[self.gate].values[:, self.layer, :])
+
+    def _set_color_limits(self, arr: np.ndarray) -> None:
+        cmap, (lo, hi) = self._color_for_gate()
+        if not np.isfinite(lo):
+            m = float(np.nanmax(np.abs(arr))) if arr.size and np.isfinite(arr).any() else 1.0
+            lo, hi = -(m or 1.0), (m or 1.0)
+        if self._mapper.palette != cmap:
+            self._mapper.palette = cmap
+        if (self._mapper.low, self._mapper.high) != (lo, hi):
+            self._mapper.update(low=lo, high=hi)
+
+    def _push_day(self) -> None:
+        """The day marker and the heatmap title (continuous mode: the only things that move with the day)."""
+        loc = self._day_ms()
+        for span in self._spans:
+            span.update(location=loc, visible=self.mode == "continuous")
+        self._heat_fig.title.text = self._image_title()
 
     def _day_ms(self) -> float:
         if self.date is None:
@@ -420,11 +425,14 @@ class CellStateExplorer(pn.viewable.Viewer):
         return hv.Layout(plots).cols(4).opts(shared_axes=False)
 
     def _color_for_gate(self):
+        """Palette and limits of the heatmap: gates in [0, 1]; g and h in [-1, 1]; c symmetric around 0 (NaN:
+        fitted to the shown data)."""
+        diverging = list(colorcet.coolwarm)
         if self.gate in ("i", "f", "o"):
-            return "viridis", (0.0, 1.0)
+            return list(Viridis256), (0.0, 1.0)
         if self.gate in ("g", "h"):
-            return "RdBu_r", (-1.0, 1.0)
-        return "RdBu_r", (np.nan, np.nan)
+            return diverging, (-1.0, 1.0)
+        return diverging, (np.nan, np.nan)
 
     def _image_title(self) -> str:
         label = compute.GATE_LABELS[self.gate]
@@ -499,6 +507,8 @@ class CellStateExplorer(pn.viewable.Viewer):
     def _setup_source(self) -> None:
         ckpt, ds = self.ckpt, self.ds
         self._frame = compute.record_frame(ds, self.state.data_key)
+        self._cols = {k: self._frame[k].to_numpy(dtype=np.float64) for k in SERIES if k != "qsim"}
+        self._days_ms = _ms(ds["time"].values)
         first = compute.first_window_day(ckpt, ds).date()
         last = pd.Timestamp(ds["time"].values[-1]).date()
         self._days = pd.DatetimeIndex(ds["time"].values)
@@ -627,9 +637,9 @@ class CellStateExplorer(pn.viewable.Viewer):
     def _finish_prepare(self, key) -> None:
         self._prepared_key = key
         if self._sim_ready:
-            self._qsim = compute.simulation(self.ckpt, self.ds, self.state.data_key, self.state.device)
+            self._set_qsim(compute.simulation(self.ckpt, self.ds, self.state.data_key, self.state.device))
         else:
-            self._qsim = compute.continuous_qsim(self.ckpt, self.ds, self.state.data_key, self.state.device)
+            self._set_qsim(compute.continuous_qsim(self.ckpt, self.ds, self.state.data_key, self.state.device))
         self._set_controls_enabled(True)
         self._rebuild_plots()
         self._update_corr()
@@ -638,12 +648,12 @@ class CellStateExplorer(pn.viewable.Viewer):
         if not self.cells and self._corr_long is not None and "swe" in set(self._corr_long["variable"]):
             self.select_best_cell()  # start on the snow cell: the view's headline question
         self._refresh()
-        self._defer_fit()
 
     def _slow_done(self, what: str) -> None:
         if what == "sim":
-            self._qsim = compute.simulation(self.ckpt, self.ds, self.state.data_key, self.state.device)
+            self._set_qsim(compute.simulation(self.ckpt, self.ds, self.state.data_key, self.state.device))
             self._sim_ready = True
+            self._sim_item.label = bk_value(self._sim_label())
             self._refresh()
         elif what == "probe":
             self._update_probe()
@@ -688,17 +698,14 @@ class CellStateExplorer(pn.viewable.Viewer):
             self._update_weights()
         if "gate" in names:
             self._gate_w.value = self.gate
-            self._rebuild_plots()
         if self.ready:
             if "gate" in names:
                 self._guard("Computing correlations", self._update_corr)
             self._guard("Updating the plots", self._refresh)
 
     def _on_mode(self, *_):
-        self._rebuild_plots()
         if self.ready:
             self._guard("Switching mode", self._refresh)
-            self._defer_fit()
 
     def _on_presentation(self, *_):
         self._rebuild_plots()
@@ -777,8 +784,8 @@ class CellStateExplorer(pn.viewable.Viewer):
         return self._days[0], self._days[-1]
 
     def plot_data(self) -> dict:
-        """Everything the plots get for the current settings (used by the plots and the tests)."""
-        t0 = time.perf_counter()
+        """The numbers behind the plots for the current settings, as pandas/xarray objects (tests, downloads).
+        The plots themselves get the same numbers as plain arrays (see :meth:`plot_sources`)."""
         states = self.shown_states()
         a, b = self.shown_period()
         frame = self._frame.loc[a:b].copy()
@@ -788,9 +795,13 @@ class CellStateExplorer(pn.viewable.Viewer):
                              dims=("cell", "time"), name=f"{self.gate} (layer {self.layer})")
         traces = {f"cell {c}": pd.Series(arr.values[:, c], index=pd.DatetimeIndex(arr["time"].values))
                   for c in self.cells}
-        self.timings["compute_ms"] = 1000 * (time.perf_counter() - t0)
         return {"series": frame, "image": image, "traces": traces, "day": pd.Timestamp(self.date),
                 "marks": list(self.cells), "states": states}
+
+    def plot_sources(self) -> dict[str, dict]:
+        """The data the Bokeh plots hold now (``ColumnDataSource.data`` by name: series, neg, heat, marks,
+        traces)."""
+        return {k: dict(src.data) for k, src in self._src.items()}
 
     def _prefetch(self, ahead: int = 3) -> None:
         """Compute the windows of the next and previous days in the background (scrubbing hits the cache)."""
@@ -802,51 +813,44 @@ class CellStateExplorer(pn.viewable.Viewer):
         ckpt, ds, key, dev = self.ckpt, self.ds, self.state.data_key, self.state.device
         self._prefetching = _PREFETCH.submit(compute.prefetch_windows, ckpt, ds, key, days, dev)
 
-    def _series_frame(self) -> pd.DataFrame:
-        frame = self._frame.copy()
-        frame["qsim"] = self._qsim.reindex(frame.index).to_numpy()
-        return frame
-
     def _refresh(self, what: str = "all") -> None:
-        """Push the current data into the plots (in place)."""
+        """Push the current data into the plots, in place.
+
+        ``what``: ``"all"`` (everything), ``"date"`` (window mode: the window's series and internals; continuous
+        mode: only the day marker and the title) or ``"cells"`` (marks and traces)."""
         if not self.ready or self.date is None:
             return
         t0 = time.perf_counter()
-        data = self.plot_data()
+        cont = self.mode == "continuous"
         with pn.io.hold():
-            if what == "all":
-                self._series_pipe.send(self._series_frame())
-            if what in ("all", "date"):
-                if self.mode == "continuous":
-                    for span in self._spans:
-                        span.location = self._day_ms()
-                    fig = getattr(self, "_heat_fig", None)
-                    if fig is not None and fig.title is not None:
-                        fig.title.text = self._image_title()
-                    if what == "all":
-                        self._image_pipe.send({"image": data["image"], "title": self._image_title(),
-                                               "marks": data["marks"]})
-                        self._marks_pipe.send(data["marks"])
-                        self._traces_pipe.send(data["traces"])
-                else:
-                    self._image_pipe.send({"image": data["image"], "title": self._image_title(),
-                                           "marks": data["marks"]})
-                    self._traces_pipe.send(data["traces"])
-                    self._fit_y_ranges()
+            if what == "all" or (what == "date" and not cont):
+                self._push_series()
+            t1 = time.perf_counter()
+            if what == "all" or (what == "date" and not cont):
+                self._push_states("all")
             elif what == "cells":
-                self._traces_pipe.send(data["traces"])
-                if self.mode == "continuous":
-                    self._marks_pipe.send(data["marks"])
-                else:
-                    self._image_pipe.send({"image": data["image"], "title": self._image_title(),
-                                           "marks": data["marks"]})
-            if self.mode == "window" or what == "all":
-                self._update_skill(table=(what == "all"))
-            self.timings["update_ms"] = 1000 * (time.perf_counter() - t0)
-            self._status_md.object = self._status_text(data)
-        self.status = self._status_md.object
-        if self.mode == "window" and what in ("all", "date"):
+                self._push_states("cells")
+            self.timings["compute_ms"] = 1000 * (time.perf_counter() - t1)
+            self._push_day()
+        self.timings["update_ms"] = 1000 * (time.perf_counter() - t0)
+        if not cont and what in ("all", "date"):
             self._prefetch()
+        if what == "date" and self._in_server():
+            # the text readouts follow in the next tick, in their own message: the plots go out first
+            if not self._readouts_pending:
+                self._readouts_pending = True
+                pn.state.execute(lambda: self._guard("Updating the readouts", self._update_readouts), schedule=True)
+        else:
+            self._update_readouts(skill_table=(what == "all"))
+
+    def _update_readouts(self, skill_table: bool = False) -> None:
+        """Status line, skill text (and table when asked or visible) and download file names."""
+        self._readouts_pending = False
+        if not self.ready or self.date is None:
+            return
+        self._update_skill(table=skill_table)
+        self._status_md.object = self._status_text()
+        self.status = self._status_md.object
         for name, dl in (("series", self._dl_series), ("internals", self._dl_states)):
             ext = "csv" if name == "series" else "nc"
             dl.filename = f"xaiscope_{name}_{self._file_tag()}.{ext}"
@@ -855,11 +859,10 @@ class CellStateExplorer(pn.viewable.Viewer):
         bid = str(self.ds.attrs.get("basin_id", "basin")).replace(":", "-")
         return f"{bid}_{self.mode}_{self.date}_{self.gate}_l{self.layer}"
 
-    def _status_text(self, data) -> str:
+    def _status_text(self) -> str:
         a, b = self.shown_period()
-        qday = self._qsim.get(pd.Timestamp(self.date), np.nan)
-        obs = self._frame["qobs"].get(pd.Timestamp(self.date), np.nan)
-        swe = self._frame["swe"].get(pd.Timestamp(self.date), np.nan)
+        idx = self._day_index()
+        qday, obs, swe = self._qsim_arr[idx], self._cols["qobs"][idx], self._cols["swe"][idx]
         bits = [f"**{self.date}**", f"shown {a.date()} … {b.date()}",
                 f"Q obs {obs:.2f} · LSTM {qday:.2f} mm/day", f"SWE {swe:.0f} mm" if np.isfinite(swe) else "",
                 f"<span class='xs-ms'>computed in {self.timings.get('compute_ms', 0):.0f} ms, "

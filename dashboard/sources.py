@@ -134,17 +134,29 @@ def parse_data_spec(spec: str | Path) -> list[DataSource]:
     return [DataSource(path.name, str(path), lambda: _open_spec(str(path), basin or None))]
 
 
-def default_checkpoints() -> dict[str, str]:
-    """The demo checkpoints shipped in ``assets/checkpoints`` (label → path), in a stable order."""
+def default_checkpoints(kind: str = "hydro_lstm") -> dict[str, str]:
+    """The demo checkpoints of model ``kind`` shipped in ``assets/checkpoints`` (label → path), in a stable
+    order (the hydrology views cannot open the ENSO checkpoints)."""
     from xaiscope.assets import ASSETS
 
     root = ASSETS / "checkpoints"
     found: dict[str, str] = {}
     if root.is_dir():
         for sub in sorted(p for p in root.iterdir() if p.is_dir()):
-            if (sub / "manifest.json").exists() or any(sub.glob("epoch_*/manifest.json")):
+            manifests = [sub / "manifest.json"] if (sub / "manifest.json").exists() else sorted(
+                sub.glob("epoch_*/manifest.json"))
+            if manifests and _manifest_kind(manifests[-1]) in (kind, None):
                 found[sub.name] = str(sub)
     return found
+
+
+def _manifest_kind(path: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads(path.read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def checkpoint_label(path: str | Path, taken: dict) -> str:

@@ -99,23 +99,68 @@ def test_moving_the_day_moves_the_window_and_the_heatmap_title(explorer):
     assert "2001-05-11" in ex.status
 
 
-def test_plot_elements_have_the_expected_holoviews_types(explorer):
+def test_window_mode_sources_hold_only_the_window_and_the_x_range_follows(explorer, basin):
+    from bokeh.models import GridPlot, Image, Span
+
     ex = explorer
+    ex.param.update(mode="window", layer=0, gate="c", cells=[1, 3])
+    ex.date = dt.date(2001, 2, 1)
+    assert isinstance(ex._plot_pane.object, GridPlot)
+    assert isinstance(ex._heat_fig.renderers[0].glyph, Image)
+    src = ex.plot_sources()
+    t = pd.to_datetime(src["series"]["time"], unit="ms")
+    assert len(t) == 365 and t[-1] == pd.Timestamp("2001-02-01")
+    end = int(np.searchsorted(basin.time.values, np.datetime64("2001-02-01"))) + 1
+    for name in ("prcp", "tmax", "swe", "qobs"):
+        np.testing.assert_array_equal(src["series"][name], basin[name].values[end - 365:end])
+    ref = reference_states(ex.ckpt, basin, end - 365, end)
+    np.testing.assert_allclose(src["heat"]["image"][0], ref.c[0, :, 0, :].numpy().T, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(src["traces"]["y1"], ref.c[0, :, 0, 3].numpy(), rtol=1e-4, atol=1e-5)
+    assert np.isnan(src["traces"]["y2"]).all()  # only two cells selected
+    # the shared x-range is the window (half a day of margin on each side) and every plot shares it
+    day = 86_400_000
+    assert ex._xr.start == pytest.approx(src["series"]["time"][0] - day / 2)
+    assert ex._xr.end == pytest.approx(src["series"]["time"][-1] + day / 2)
+    assert all(f.x_range is ex._xr for f in ex._figs.values())
+    # the negative-discharge marks are exactly the window's negative simulated days
+    q = src["series"]["qsim"]
+    np.testing.assert_array_equal(src["neg"]["time"], src["series"]["time"][q < 0])
+    # the selected cells are outlined in the heatmap
+    np.testing.assert_array_equal(src["marks"]["y"], [0.5, 1.5, 2.5, 3.5])
+    spans = [s for f in ex._figs.values() for s in f.center if isinstance(s, Span) and s.name == "xs-day"]
+    assert len(spans) == 6 and not any(s.visible for s in spans)
+
+
+def test_continuous_mode_scrubbing_moves_only_the_day_marker(explorer):
+    ex = explorer
+    ex.param.update(mode="continuous", gate="c", layer=0)
+    ex.date = dt.date(2000, 6, 1)
+    before = ex.plot_sources()
+    assert len(before["series"]["time"]) == len(ex._days)
+    series_obj, heat_obj = ex._src["series"].data["prcp"], ex._src["heat"].data["image"][0]
+    ex.date = dt.date(2000, 9, 1)
+    # the whole-record data were not re-sent: the very same arrays are still in the sources
+    assert ex._src["series"].data["prcp"] is series_obj and ex._src["heat"].data["image"][0] is heat_obj
+    assert {s.location for s in ex._spans} == {pd.Timestamp("2000-09-01").value / 1e6}
+    assert all(s.visible for s in ex._spans)
+    assert "day 2000-09-01" in ex._heat_fig.title.text
     ex.mode = "window"
-    layout = ex._plot_pane.object
-    assert isinstance(layout, hv.Layout) and len(layout) == 6
-    elements = [dm[()] if isinstance(dm, hv.DynamicMap) else dm for dm in layout]
-    heat = elements[4]
-    assert isinstance(heat, hv.Overlay) and isinstance(heat.get(0), hv.Image)
-    assert isinstance(elements[0], hv.Spikes)
-    assert isinstance(elements[5], hv.NdOverlay)
-    ex.mode = "continuous"
-    layout = ex._plot_pane.object
-    heat = layout[4]
-    assert isinstance(heat, (hv.DynamicMap, hv.Overlay))
-    data = ex.plot_data()
-    assert data["image"].shape[1] == len(ex._days)  # the whole record
-    ex.mode = "window"
+
+
+def test_window_mode_opens_on_the_selected_days_window(ckpt_dir, basin):
+    from xaiscope.dashboard.cellstate import CellStateExplorer
+
+    ex = CellStateExplorer(checkpoint=str(ckpt_dir), data=basin, background=False, mode="window",
+                           date=dt.date(2002, 1, 20))
+    assert ex.ready and ex.date == dt.date(2002, 1, 20)
+    t = ex.plot_sources()["series"]["time"]
+    assert pd.Timestamp(t[-1], unit="ms") == pd.Timestamp("2002-01-20") and len(t) == 365
+    assert ex._xr.end - ex._xr.start == pytest.approx(365 * 86_400_000)
+    assert ex._days[ex._player.value] == pd.Timestamp("2002-01-20")
+    assert ex._slider.value == dt.date(2002, 1, 20)
+    # the simulation has finished: the legend and the progress bar no longer say it is running
+    assert ex._sim_ready and ex._sim_item.label.value == "LSTM"
+    assert not ex._progress.visible
 
 
 def test_continuous_mode_matches_the_reference_and_marks_the_day(explorer, basin):

@@ -52,6 +52,12 @@ def _cmd_train_enso(args) -> int:
     return run_cli(args)
 
 
+def _cmd_train_sst_qoi(args) -> int:
+    from xaiscope.core.sst_qoi import run_cli
+
+    return run_cli(args)
+
+
 # --------------------------------------------------------------------------------------------- states
 def _cmd_states(args) -> int:
     from xaiscope.core import hydro
@@ -201,6 +207,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_device(p)
     p.set_defaults(func=_cmd_train_enso)
+
+    p = train_sub.add_parser(
+        "sst-qoi", help="sign of a NE-Pacific SST anomaly from the SST map LAG months earlier (FC ReLU network)",
+        description="Train the fully connected network that predicts the sign of the area-weighted mean SST anomaly "
+                    "in a box (default 30-45°N, 210-235°E) at month t from the sea-cell SST anomaly map at t - lag; "
+                    "class-balanced loss, shuffled validation split; writes OUT/epoch_NNN every epoch.")
+    p.add_argument("--data", default="demo", help="'demo' (bundled 5° ERSSTv5 anomalies) or a NetCDF file of SST "
+                                                  "anomalies")
+    p.add_argument("--out", required=True, help="output folder for the checkpoint series")
+    p.add_argument("--lag", type=int, default=3, help="months between the input map and the target (0..12)")
+    p.add_argument("--lat-min", type=float, default=30.0, help="QoI box southern bound (°N)")
+    p.add_argument("--lat-max", type=float, default=45.0, help="QoI box northern bound (°N)")
+    p.add_argument("--lon-min", type=float, default=210.0, help="QoI box western bound (°E, 0..360)")
+    p.add_argument("--lon-max", type=float, default=235.0, help="QoI box eastern bound (°E, 0..360)")
+    p.add_argument("--hidden", default="32,16", help="hidden layer widths, comma-separated")
+    p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (x0.97 every epoch)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="share of samples in the shuffled validation split")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_train_sst_qoi)
 
     # states
     p = sub.add_parser(

@@ -117,3 +117,44 @@ def test_errors(land):
         topk_jaccard(a, b, 0)
     out = compare(a, b, land_mask=land)
     assert set(out["relevance_shares"]) == set(REGIONS)
+
+
+def test_ground_truth_lim_relevance_matches_adjoint(tmp_path):
+    """Truth = a LIM: train the network on LIM-generated SST and compare its relevance with the LIM adjoint."""
+    import warnings
+
+    import torch
+
+    from xaiscope.core.lim import fit_lim
+    from xaiscope.core.relevance import lrp
+    from xaiscope.core.sst_qoi import (SstQoiTrainConfig, checkpoint_inputs, make_qoi_samples, qoi_weights, to_map,
+                                       train_sst_qoi)
+    from xaiscope.core.checkpoint import load_checkpoint
+
+    torch.set_num_threads(1)
+    ds = demo_sst(with_ssh=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lim = fit_lim(ds.sst_anomaly, ds.land_mask, n_modes=10)
+    sim = lim.simulate(3000, seed=0).to_dataset(name="sst_anomaly").assign(land_mask=lim.land_mask)
+    lag = 3
+    cfg = SstQoiTrainConfig(lag=lag, epochs=15, hidden=(16,), dropout=0.0, keep_epochs=(15,))
+    train_sst_qoi(sim, tmp_path / "gt", cfg)
+    ck = load_checkpoint(tmp_path / "gt" / "epoch_015")
+    man = ck.manifest
+    s = make_qoi_samples(sim, lag)
+    x = checkpoint_inputs(man, sim)[: len(s.y)]
+    e = lrp(ck.model, x, rule="epsilon")
+    pos = (e.target == s.y) & (s.y == 1)
+    adj = lim.adjoint_sensitivity(qoi_weights(sim), lag).values.ravel()[man["sea_cells"]]
+    composite = to_map(e.relevance[pos].mean(0), man)
+    truth = to_map((adj * s.x[pos]).mean(0), man)  # the LIM's own relevance: adjoint × input anomaly
+    r_rel = pattern_correlation(composite, truth)
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    out = ck.model.double()(xt)
+    (g,) = torch.autograd.grad((out[:, 1] - out[:, 0]).sum(), xt)
+    r_grad = pattern_correlation(to_map(g.numpy().mean(0), man), to_map(adj, man))
+    print(f"ground truth lag {lag}: composite LRP vs adjoint x input r={r_rel:.3f}; mean gradient vs adjoint "
+          f"r={r_grad:.3f}")
+    assert r_rel > 0.6
+    assert r_grad > 0.6

@@ -18,7 +18,7 @@ from xaiscope.core.errors import CheckpointError, UnknownModelError
 
 MODELS: dict[str, type[nn.Module]] = {}
 #: Modules that register further built-in models; imported on the first lookup of a kind not yet known.
-BUILTIN_MODEL_MODULES = ("xaiscope.core.convlstm",)
+BUILTIN_MODEL_MODULES = ("xaiscope.core.convlstm", "xaiscope.core.sst_qoi")
 
 
 def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:

@@ -198,6 +198,6 @@ def test_builtin_kinds_load_without_importing_their_module_first():
     import sys
 
     code = ("from xaiscope.assets import ASSETS; from xaiscope.core.checkpoint import load_checkpoint; "
-            "print(load_checkpoint(ASSETS / 'checkpoints' / 'enso_convlstm').kind)")
+            "print(load_checkpoint(ASSETS / 'checkpoints' / 'enso_convlstm').kind, load_checkpoint(ASSETS / 'checkpoints' / 'sst_qoi_lag03').kind)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "enso_convlstm"
+    assert out.stdout.split() == ["enso_convlstm", "sst_qoi_mlp"]

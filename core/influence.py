@@ -1,0 +1,688 @@
+"""TracIn influence of training examples on predictions, for every model kind in the registry.
+
+TracInCP (Pruthi et al. 2020) scores the influence of a training example z on a test example z' as
+
+    TracIn(z, z') = Σ_c η_c ∇_θ ℓ(θ_c, z) · ∇_θ ℓ(θ_c, z')
+
+over the saved checkpoints θ_c of a training run, with η_c the learning rate of that epoch (read from each
+checkpoint's manifest). Positive scores are *proponents* (training on z lowered the test loss), negative ones
+*opponents*; TracIn(z, z) is the *self-influence*, large for mislabelled or rare examples.
+
+Writing every checkpoint's per-example gradient scaled by √η_c and concatenating over checkpoints gives an
+*embedding* e(z) with TracIn(z, z') = e(z) · e(z'): training embeddings are computed once and stored
+(:func:`precompute_store`), a query is one matrix product plus top-k.
+
+Methods (each result says whether it is exact):
+
+* ``"exact"``: all parameters, or the parameters of chosen layers (``layers=["head", "lstm.weight_hh_l1"]``,
+  prefixes of ``model.named_parameters()`` names).
+* ``"last_layer"``: the exact score restricted to the final linear layer, from a forward pass only
+  (∇W = δ_out ⊗ features, ∇b = δ_out).
+* ``"projection"``: each checkpoint's gradient multiplied by a fixed-seed Gaussian matrix P (D × k, entries
+  N(0, 1/k)) — Johnson–Lindenstrauss: dot products are preserved in expectation, with an error shrinking as
+  1/√k. Approximate.
+
+Per-example gradients: for the hydrology LSTM one batched backward through PyTorch's own LSTM kernels, with
+zero "probe" inputs wired to the gate pre-activations, gives every example's gate pre-activation gradients δz_t; each example's weight gradient is then
+Σ_t δz_t ⊗ [x_t, h_{t−1}] (einsums) — no weight gradient is accumulated by autograd at all. The MLP uses
+``torch.func`` (``vmap(grad)``); the ConvLSTM (whose loss masks by data) a per-example loop. All routes equal a
+plain per-example loop (tests).
+
+What a model kind needs is a :class:`TaskAdapter` (registered in :data:`ADAPTERS`): how to get its training and
+test examples from the checkpoint's own data description, its forward output, the per-example training loss,
+and (optionally) its final linear layer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xaiscope.core.checkpoint import Checkpoint, list_series, load_checkpoint
+from xaiscope.core.errors import XaiscopeError
+
+METHODS = ("exact", "last_layer", "projection")
+STORE_FORMAT = 1
+EMBEDDINGS_FILE = "train_embeddings.npy"
+META_FILE = "influence.json"
+
+
+class InfluenceError(XaiscopeError, ValueError):
+    """Bad input to a TracIn computation (method, layers, checkpoints, examples, stores)."""
+
+
+class StaleStoreError(InfluenceError):
+    """A stored set of training embeddings that does not belong to the given checkpoints."""
+
+
+# ------------------------------------------------------------------------------------------- examples
+@dataclass
+class Examples:
+    """Examples of a model: inputs ``x`` (N, …), targets ``y`` (N, …) and what each one is.
+
+    ``index`` labels each example (dates of hydrograph windows, target months of SST maps); ``label`` says what
+    the index means; ``info`` holds display hints (e.g. the SST grid).
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    index: np.ndarray
+    label: str = "example"
+    info: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def subset(self, idx) -> "Examples":
+        idx = np.asarray(idx)
+        return Examples(self.x[idx], self.y[idx], np.asarray(self.index)[idx], self.label, dict(self.info))
+
+
+# -------------------------------------------------------------------------------------------- adapters
+class TaskAdapter:
+    """How TracIn talks to one model kind. Subclass, set ``kind`` and register with :func:`register_adapter`.
+
+    ``output(model, x)`` → model output; ``output_loss(out, y, model)`` → per-example training loss (B,);
+    ``head`` names the final ``nn.Linear`` (``None``: no last-layer shortcut) and ``features(model, x)`` gives its
+    input; ``route`` is the per-example gradient route ("lstm", "vmap" or "loop").
+    """
+
+    kind = ""
+    head: str | None = None
+    route = "loop"
+    description = ""
+
+    def examples(self, ckpt: Checkpoint, split: str = "train", data: Any = None) -> Examples:
+        raise NotImplementedError
+
+    def output(self, model: nn.Module, x: torch.Tensor):
+        return model(x)
+
+    def output_loss(self, out, y: torch.Tensor, model: nn.Module) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.output_loss(self.output(model, x), y, model)
+
+    def features(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        raise InfluenceError(f"model kind {self.kind!r} has no single final linear layer; use method='exact' or "
+                             "'projection'.")
+
+    def head_output(self, head_out: torch.Tensor):
+        """Model output from the head's output (default: the same)."""
+        return head_out
+
+
+ADAPTERS: dict[str, TaskAdapter] = {}
+
+
+def register_adapter(adapter: TaskAdapter) -> TaskAdapter:
+    """Make TracIn available for checkpoints whose manifest says ``kind = adapter.kind``."""
+    if not adapter.kind:
+        raise ValueError("a task adapter needs a non-empty kind")
+    ADAPTERS[adapter.kind] = adapter
+    return adapter
+
+
+def get_adapter(kind: str) -> TaskAdapter:
+    """The task adapter of a model kind; an unknown kind gets a clear error listing the known ones."""
+    try:
+        return ADAPTERS[kind]
+    except KeyError:
+        raise InfluenceError(f"no TracIn task adapter for model kind {kind!r}; known kinds: "
+                             f"{', '.join(sorted(ADAPTERS))}. Register one with "
+                             "xaiscope.core.influence.register_adapter.") from None
+
+
+def _check_split(split: str) -> str:
+    if split not in ("train", "test"):
+        raise InfluenceError(f"split: {split!r} is not 'train' or 'test'.")
+    return split
+
+
+class HydroAdapter(TaskAdapter):
+    """Hydrology LSTM: windows of the checkpoint's length ending on each day of the training / test period of
+    its manifest (its normalisation); loss = squared error of the last day's (normalised) discharge."""
+
+    kind = "hydro_lstm"
+    head = "head"
+    route = "lstm"
+    description = "365-day input window → discharge of its last day; loss = squared error (normalised)"
+
+    def examples(self, ckpt, split="train", data=None):
+        from xaiscope.core.hydro import open_basin_data
+        from xaiscope.data.windows import make_windows
+
+        m = ckpt.manifest
+        period = m.get(f"{_check_split(split)}_period")
+        ds = data if data is not None and not isinstance(data, (str, Path)) else open_basin_data(data or "demo")
+        w = make_windows(ds, inputs=tuple(m["inputs"]), target=m["target"], period=period,
+                         window=int(m.get("window", 365)), stats=m["normalisation"])
+        return Examples(w.x, w.y, w.dates, "window ending",
+                        {"inputs": list(w.inputs), "target": w.target, "window": int(m.get("window", 365))})
+
+    def output_loss(self, out, y, model):
+        return (out - y) ** 2
+
+    def features(self, model, x):
+        out, _ = model.lstm(x)
+        return out[:, -1]
+
+    def head_output(self, head_out):
+        return head_out[..., 0] if head_out.shape[-1] == 1 else head_out
+
+
+class SstQoiAdapter(TaskAdapter):
+    """SST-QoI classifier: the seeded training / validation split of :func:`~xaiscope.core.sst_qoi.train_sst_qoi`
+    (validation months are the test examples); loss = class-weighted cross-entropy as in training."""
+
+    kind = "sst_qoi_mlp"
+    head = "net.-1"
+    route = "vmap"
+    description = "SST anomaly map at t − lag → sign of the QoI at t; loss = class-weighted cross-entropy"
+
+    def examples(self, ckpt, split="train", data=None):
+        from xaiscope.core.sst_qoi import checkpoint_inputs, make_qoi_samples
+        from xaiscope.data.sst import demo_sst
+
+        _check_split(split)
+        m = ckpt.manifest
+        ds = demo_sst(with_ssh=False) if data is None or str(data) == "demo" else data
+        if isinstance(ds, (str, Path)):
+            from xaiscope.data.sst import read_sst
+
+            ds = read_sst(ds, anomaly=True)
+        box = m["box"]
+        s = make_qoi_samples(ds, m["lag"], tuple(box["lat_bounds"]), tuple(box["lon_bounds"]))
+        x = checkpoint_inputs(m, ds)[: len(s.y)]
+        cfg = m.get("train_config", {})
+        perm = np.random.default_rng(cfg.get("seed", m.get("seed", 0))).permutation(len(s.y))
+        n_val = max(1, int(round(cfg.get("val_fraction", 0.2) * len(perm))))
+        idx = np.sort(perm[n_val:]) if split == "train" else np.sort(perm[:n_val])
+        return Examples(x[idx], s.y[idx], np.asarray(s.target_time)[idx], "target month",
+                        {"grid": m["grid"], "sea_cells": m["sea_cells"], "lag": m["lag"],
+                         "input_time": np.asarray(s.input_time)[idx], "qoi": s.qoi[idx], "rows": idx})
+
+    def output_loss(self, out, y, model):
+        w = getattr(model, "_tracin_class_weights", None)
+        return F.cross_entropy(out, y, weight=w, reduction="none")
+
+    def features(self, model, x):
+        return model.net[:-1](x)
+
+
+class EnsoAdapter(TaskAdapter):
+    """ENSO ConvLSTM: samples of the manifest's training / test period; loss = the training loss
+    (:func:`~xaiscope.core.convlstm.enso_loss`) of each sample alone. Several heads: no last-layer shortcut."""
+
+    kind = "enso_convlstm"
+    route = "loop"
+    description = "6 months of SST+SSH maps → maps, Niño 3.4 and phase at leads 1..6; loss = training loss"
+
+    def examples(self, ckpt, split="train", data=None):
+        from xaiscope.core.train_enso import make_samples
+        from xaiscope.data.sst import demo_sst
+
+        m = ckpt.manifest
+        period = m[f"{_check_split(split)}_period"]
+        ds = demo_sst(with_ssh=True) if data is None or str(data) == "demo" else data
+        s = make_samples(ds, m["inputs"], int(m["window"]), int(m["n_leads"]), m["normalisation"], period)
+        n = len(s.x)
+        y = np.concatenate([s.y_map.reshape(n, -1), s.y_nino], 1).astype(np.float32)
+        return Examples(s.x, y, np.asarray(s.init), "initial month", {"grid": m.get("grid"),
+                                                                      "n_leads": int(m["n_leads"])})
+
+    def output_loss(self, out, y, model):
+        from xaiscope.core.convlstm import enso_loss
+
+        n_leads = out["nino34"].shape[1]
+        ymap = y[:, :-n_leads].reshape(out["map"].shape)
+        ynino = y[:, -n_leads:]
+        losses = [enso_loss({k: v[i:i + 1] for k, v in out.items()}, ymap[i:i + 1], ynino[i:i + 1],
+                            model.sea_mask)[0] for i in range(len(y))]
+        return torch.stack(losses)
+
+
+for _a in (HydroAdapter(), SstQoiAdapter(), EnsoAdapter()):
+    register_adapter(_a)
+
+
+def prepare_model(ckpt: Checkpoint) -> nn.Module:
+    """The checkpoint's model in eval mode with what its training loss needs attached (class weights)."""
+    model = ckpt.model.eval()
+    cw = ckpt.manifest.get("class_weights")
+    if cw is not None:
+        model._tracin_class_weights = torch.as_tensor(cw, dtype=next(model.parameters()).dtype)
+    return model
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def load_run(run: str | Path | Sequence[Checkpoint | str | Path]) -> list[Checkpoint]:
+    """A checkpoint series (a run folder of ``epoch_NNN`` or a list of checkpoints/paths), checked for TracIn:
+    one model kind, a learning rate in every manifest."""
+    if isinstance(run, (str, Path)):
+        ckpts = [load_checkpoint(p) for p in list_series(run)]
+    else:
+        ckpts = [c if isinstance(c, Checkpoint) else load_checkpoint(c) for c in run]
+    if not ckpts:
+        raise InfluenceError("no checkpoints given; TracIn needs a series of saved epochs.")
+    kinds = {c.kind for c in ckpts}
+    if len(kinds) > 1:
+        raise InfluenceError(f"the checkpoints mix model kinds {sorted(kinds)}; give one training run.")
+    for c in ckpts:
+        lr = c.manifest.get("learning_rate")
+        if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
+            raise InfluenceError(f"{c.path}: manifest has no usable 'learning_rate' ({lr!r}); TracIn weights each "
+                                 "checkpoint by its epoch's learning rate — add it to the manifest.")
+    return ckpts
+
+
+def learning_rate(ckpt: Checkpoint) -> float:
+    return float(ckpt.manifest["learning_rate"])
+
+
+# ----------------------------------------------------------------------------- per-example gradients
+def param_names(model: nn.Module, layers: Sequence[str] | str | None = None) -> list[str]:
+    """Names of the trainable parameters selected by ``layers`` (name prefixes; ``None`` = all), model order."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    if layers is None:
+        return names
+    if isinstance(layers, str):
+        layers = [layers]
+    chosen, unknown = set(), []
+    for prefix in layers:
+        hit = [n for n in names if n == prefix or n.startswith(prefix + ".") or n.startswith(prefix)]
+        if not hit:
+            unknown.append(prefix)
+        chosen.update(hit)
+    if unknown:
+        raise InfluenceError(f"layers: {unknown} match no parameter; parameters are {names}.")
+    return [n for n in names if n in chosen]
+
+
+def _head_module(model: nn.Module, adapter: TaskAdapter) -> tuple[str, nn.Linear]:
+    if adapter.head is None:
+        adapter.features(model, None)  # raises the clear error
+    if adapter.head == "net.-1":
+        return f"net.{len(model.net) - 1}", model.net[-1]
+    return adapter.head, model.get_submodule(adapter.head)
+
+
+def head_names(model: nn.Module, adapter: TaskAdapter) -> list[str]:
+    prefix, head = _head_module(model, adapter)
+    return [f"{prefix}.{n}" for n, _ in head.named_parameters()]
+
+
+def _flat(grads: dict[str, torch.Tensor], names: Sequence[str], batch: int) -> torch.Tensor:
+    return torch.cat([grads[n].reshape(batch, -1) for n in names], 1)
+
+
+def per_sample_grads_loop(adapter: TaskAdapter, model: nn.Module, x, y, names: Sequence[str]) -> torch.Tensor:
+    """Reference: one forward/backward per example. (B, D) in the order of ``names``."""
+    params = dict(model.named_parameters())
+    rows = []
+    for i in range(len(x)):
+        loss = adapter.loss(model, x[i:i + 1], y[i:i + 1]).sum()
+        g = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
+        rows.append(torch.cat([(gi if gi is not None else torch.zeros_like(params[n])).reshape(-1)
+                               for gi, n in zip(g, names)]))
+    return torch.stack(rows)
+
+
+def per_sample_grads_vmap(adapter: TaskAdapter, model: nn.Module, x, y, names: Sequence[str]) -> torch.Tensor:
+    """``torch.func.vmap(grad(loss))`` over the batch."""
+    from torch.func import functional_call, grad, vmap
+
+    params = {n: p.detach() for n, p in model.named_parameters() if n in names}
+
+    def one(p, xb, yb):
+        out = functional_call(model, p, (xb[None],), strict=False)
+        return adapter.output_loss(out, yb[None], model)[0]
+
+    g = vmap(grad(one), in_dims=(None, 0, 0))(params, x, y)
+    return _flat(g, names, len(x))
+
+
+def per_sample_grads_last_layer(adapter: TaskAdapter, model: nn.Module, x, y, names=None) -> torch.Tensor:
+    """Exact gradients of the final linear layer's weight and bias from one forward pass."""
+    prefix, head = _head_module(model, adapter)
+    with torch.no_grad():
+        feats = adapter.features(model, x)
+    hout = feats @ head.weight.detach().T
+    if head.bias is not None:
+        hout = hout + head.bias.detach()
+    hout = hout.detach().requires_grad_(True)
+    loss = adapter.output_loss(adapter.head_output(hout), y, model).sum()
+    (delta,) = torch.autograd.grad(loss, hout)
+    grads = {f"{prefix}.weight": torch.einsum("bo,bf->bof", delta, feats)}
+    if head.bias is not None:
+        grads[f"{prefix}.bias"] = delta
+    names = names or list(grads)
+    missing = [n for n in names if n not in grads]
+    if missing:
+        raise InfluenceError(f"the last-layer shortcut covers only {list(grads)}, not {missing}.")
+    return _flat(grads, names, len(x))
+
+
+def _probe_layer(lstm: nn.LSTM, layer: int, n_in: int) -> nn.LSTM:
+    """A one-layer ``nn.LSTM`` equal to layer ``layer`` of ``lstm`` with 4H extra inputs wired to the gate
+    pre-activations by an identity block: z_t = W_ih x_t + I p_t + W_hh h_{t−1} + b. Fed p_t = 0 it computes the
+    same, and ∂loss/∂p_t = δz_t."""
+    H = lstm.hidden_size
+    w_ih = getattr(lstm, f"weight_ih_l{layer}").detach()
+    cell = nn.LSTM(n_in + 4 * H, H, 1, bias=lstm.bias, batch_first=True).to(dtype=w_ih.dtype, device=w_ih.device)
+    with torch.no_grad():
+        cell.weight_ih_l0.copy_(torch.cat([w_ih, torch.eye(4 * H, dtype=w_ih.dtype, device=w_ih.device)], 1))
+        cell.weight_hh_l0.copy_(getattr(lstm, f"weight_hh_l{layer}"))
+        if lstm.bias:
+            cell.bias_ih_l0.copy_(getattr(lstm, f"bias_ih_l{layer}"))
+            cell.bias_hh_l0.copy_(getattr(lstm, f"bias_hh_l{layer}"))
+    cell.requires_grad_(False)
+    return cell
+
+
+def per_sample_grads_lstm(adapter: TaskAdapter, model: nn.Module, x, y, names: Sequence[str]) -> torch.Tensor:
+    """HydroLSTM: one batched backward to every example's gate pre-activation gradients δz_t (B, T, 4H) per
+    layer, then ∇W_ih = Σ_t δz_t ⊗ x_t, ∇W_hh = Σ_t δz_t ⊗ h_{t−1}, ∇b_ih = ∇b_hh = Σ_t δz_t (einsums).
+
+    δz_t comes out of PyTorch's own fused LSTM kernels: each layer runs as an ``nn.LSTM`` with 4H zero "probe"
+    inputs wired to its gate pre-activations (:func:`_probe_layer`), and the gradient of the summed per-example
+    losses with respect to the probes is δz. Only activations are differentiated, never the weights."""
+    lstm = model.lstm
+    if model.training:
+        raise InfluenceError("the model is in training mode (dropout); call model.eval() first.")
+    H, L = lstm.hidden_size, lstm.num_layers
+    B, T = x.shape[0], x.shape[1]
+    layer_in = x
+    saved = []
+    for layer in range(L):
+        probe = x.new_zeros(B, T, 4 * H, requires_grad=True)
+        cell = _probe_layer(lstm, layer, layer_in.shape[-1])
+        out, _ = cell(torch.cat([layer_in, probe], -1))
+        saved.append((probe, layer_in, out))
+        layer_in = out
+    feats = layer_in[:, -1]
+    head = model.head
+    hout = head(feats)
+    hout.retain_grad()
+    adapter.output_loss(adapter.head_output(hout), y, model).sum().backward()
+    grads: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for layer, (probe, inp, out) in enumerate(saved):
+            dz = probe.grad
+            h_prev = torch.cat([out.new_zeros(B, 1, H), out[:, :-1]], 1)
+            grads[f"lstm.weight_ih_l{layer}"] = torch.einsum("btg,bti->bgi", dz, inp.detach())
+            grads[f"lstm.weight_hh_l{layer}"] = torch.einsum("btg,bth->bgh", dz, h_prev)
+            if lstm.bias:
+                db = dz.sum(1)
+                grads[f"lstm.bias_ih_l{layer}"] = db
+                grads[f"lstm.bias_hh_l{layer}"] = db
+        delta = hout.grad
+        grads["head.weight"] = torch.einsum("bo,bf->bof", delta, feats.detach())
+        if head.bias is not None:
+            grads["head.bias"] = delta
+    return _flat(grads, names, B)
+
+
+ROUTES: dict[str, Callable] = {"loop": per_sample_grads_loop, "vmap": per_sample_grads_vmap,
+                               "lstm": per_sample_grads_lstm, "last_layer": per_sample_grads_last_layer}
+
+
+def per_sample_grads(adapter: TaskAdapter, model: nn.Module, x, y, names: Sequence[str] | None = None,
+                     route: str | None = None) -> torch.Tensor:
+    """Per-example loss gradients (B, D) over ``names`` (default all parameters), by the adapter's route."""
+    names = list(names or param_names(model))
+    route = route or adapter.route
+    if route not in ROUTES:
+        raise InfluenceError(f"route: {route!r} is not one of {sorted(ROUTES)}.")
+    if route != "last_layer" and set(names) <= set(head_names(model, adapter) if adapter.head else []):
+        route = "last_layer"  # exact and cheaper: no backward through the body
+    return ROUTES[route](adapter, model, x, y, names)
+
+
+# ------------------------------------------------------------------------------------------ embeddings
+def _projection(dim_in: int, dim: int, seed: int, dtype) -> torch.Tensor:
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.randn(dim_in, dim, generator=g, dtype=torch.float64).div_(math.sqrt(dim)).to(dtype)
+
+
+def _as_tensor(a, dtype):
+    if isinstance(a, torch.Tensor):
+        return a
+    a = np.asarray(a)
+    return torch.as_tensor(a) if a.dtype.kind in "iu" else torch.as_tensor(a, dtype=dtype)
+
+
+@dataclass
+class EmbeddingSpec:
+    """What an embedding is: method, selected parameters, projection dimension and seed."""
+
+    method: str = "exact"
+    layers: list[str] | None = None
+    dim: int = 128
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise InfluenceError(f"method: {self.method!r} is not one of {METHODS}.")
+        if self.method == "projection" and (int(self.dim) != self.dim or self.dim < 1):
+            raise InfluenceError(f"dim: {self.dim!r} must be a positive whole number (the projection dimension).")
+        if isinstance(self.layers, str):
+            self.layers = [self.layers]
+
+    @property
+    def exact(self) -> bool:
+        return self.method != "projection"
+
+    @property
+    def label(self) -> str:
+        if self.method == "projection":
+            return f"approximate (random projection, k={self.dim}, seed={self.seed})"
+        if self.method == "last_layer":
+            return "exact (last layer only)"
+        return "exact" + (f" ({', '.join(self.layers)})" if self.layers else " (all parameters)")
+
+
+def embed(ckpts: Sequence[Checkpoint], x, y, spec: EmbeddingSpec | None = None, adapter: TaskAdapter | None = None,
+          batch_size: int = 256, out: np.ndarray | None = None, progress: Callable[[int, int], None] | None = None
+          ) -> np.ndarray:
+    """TracIn embeddings (N, Σ_c D_c): per checkpoint √η_c × per-example gradient (or its projection).
+
+    ``e(z) · e(z')`` is the TracInCP score. ``out`` may be a (memory-mapped) array to fill.
+    """
+    spec = spec or EmbeddingSpec()
+    adapter = adapter or get_adapter(ckpts[0].kind)
+    n = len(x)
+    blocks, total = [], 0
+    for c in ckpts:
+        model = prepare_model(c)
+        names = head_names(model, adapter) if spec.method == "last_layer" else param_names(model, spec.layers)
+        d = sum(dict(model.named_parameters())[k].numel() for k in names)
+        blocks.append((c, model, names, d))
+        total += spec.dim if spec.method == "projection" else d
+    if out is None:
+        out = np.empty((n, total), dtype=np.float32)
+    elif out.shape != (n, total):
+        raise InfluenceError(f"out has shape {out.shape}, the embeddings need {(n, total)}.")
+    col = 0
+    steps, done = len(ckpts) * max(1, math.ceil(n / batch_size)), 0
+    for ci, (c, model, names, d) in enumerate(blocks):
+        dtype = next(model.parameters()).dtype
+        scale = math.sqrt(learning_rate(c))
+        proj = _projection(d, spec.dim, spec.seed + ci, dtype) if spec.method == "projection" else None
+        width = spec.dim if proj is not None else d
+        route = "last_layer" if spec.method == "last_layer" else None
+        for s in range(0, n, batch_size):
+            xb, yb = _as_tensor(x[s:s + batch_size], dtype), _as_tensor(y[s:s + batch_size], dtype)
+            g = per_sample_grads(adapter, model, xb, yb, names, route).detach()
+            if proj is not None:
+                g = g @ proj
+            out[s:s + len(xb), col:col + width] = (g * scale).cpu().numpy()
+            done += 1
+            if progress:
+                progress(done, steps)
+        col += width
+    return out
+
+
+@dataclass
+class InfluenceResult:
+    """TracIn scores (n_test, n_train) and what they are."""
+
+    scores: np.ndarray
+    method: str
+    exact: bool
+    label: str
+    checkpoints: list[str]
+    learning_rates: list[float]
+
+    def top_k(self, test: int = 0, k: int = 10) -> "TopK":
+        return top_k(self.scores[test], k)
+
+
+@dataclass
+class TopK:
+    proponents: np.ndarray        # training indices, largest score first
+    proponent_scores: np.ndarray
+    opponents: np.ndarray         # training indices, most negative first
+    opponent_scores: np.ndarray
+
+
+def top_k(scores: np.ndarray, k: int = 10) -> TopK:
+    """The ``k`` largest (proponents) and ``k`` most negative (opponents) scores of one test example.
+    Uses ``argpartition`` (linear time) and sorts only the k winners."""
+    scores = np.asarray(scores)
+    k = int(min(k, scores.size))
+    if k < 1:
+        raise InfluenceError("k must be ≥ 1 and the training set non-empty.")
+    hi = np.argpartition(-scores, k - 1)[:k]
+    hi = hi[np.argsort(-scores[hi], kind="stable")]
+    lo = np.argpartition(scores, k - 1)[:k]
+    lo = lo[np.argsort(scores[lo], kind="stable")]
+    return TopK(hi, scores[hi], lo, scores[lo])
+
+
+def tracin(run, train: Examples | tuple, test: Examples | tuple, method: str = "exact", layers=None, dim: int = 128,
+           seed: int = 0, batch_size: int = 256) -> InfluenceResult:
+    """TracInCP scores of every training example on every test example (n_test, n_train)."""
+    ckpts = load_run(run)
+    spec = EmbeddingSpec(method, layers, dim, seed)
+    tx, ty = (train.x, train.y) if isinstance(train, Examples) else train
+    qx, qy = (test.x, test.y) if isinstance(test, Examples) else test
+    e_train = embed(ckpts, tx, ty, spec, batch_size=batch_size)
+    e_test = embed(ckpts, qx, qy, spec, batch_size=batch_size)
+    return InfluenceResult(e_test.astype(np.float64) @ e_train.astype(np.float64).T, method, spec.exact,
+                           spec.label, [c.sha256 for c in ckpts], [learning_rate(c) for c in ckpts])
+
+
+def self_influence(run, train: Examples | tuple, method: str = "exact", layers=None, dim: int = 128, seed: int = 0,
+                   batch_size: int = 256) -> np.ndarray:
+    """TracIn(z, z) = Σ_c η_c ‖∇ℓ(θ_c, z)‖² for every training example (N,)."""
+    ckpts = load_run(run)
+    tx, ty = (train.x, train.y) if isinstance(train, Examples) else train
+    e = embed(ckpts, tx, ty, EmbeddingSpec(method, layers, dim, seed), batch_size=batch_size)
+    return np.einsum("nd,nd->n", e.astype(np.float64), e.astype(np.float64))
+
+
+# ---------------------------------------------------------------------------------------------- stores
+class InfluenceStore:
+    """Training embeddings on disk (``train_embeddings.npy``, memory-mapped) with ``influence.json``: the
+    checkpoints (path, sha256, learning rate), the embedding spec and the training examples' index."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        meta_path = self.path / META_FILE
+        if not meta_path.exists():
+            raise InfluenceError(f"{self.path}: no {META_FILE}; this is not an influence store. Create one with "
+                                 "`xaiscope precompute influence` or xaiscope.core.influence.precompute_store.")
+        self.meta = json.loads(meta_path.read_text())
+        self.embeddings = np.load(self.path / EMBEDDINGS_FILE, mmap_mode="r")
+        self.spec = EmbeddingSpec(**self.meta["spec"])
+        self.index = np.asarray(self.meta.get("index", []), dtype="datetime64[ns]") \
+            if self.meta.get("index_kind") == "datetime" else np.asarray(self.meta.get("index", []))
+
+    @property
+    def checkpoint_hashes(self) -> list[str]:
+        return [c["sha256"] for c in self.meta["checkpoints"]]
+
+    def check(self, ckpts: Sequence[Checkpoint]) -> None:
+        """Raise :class:`StaleStoreError` unless ``ckpts`` are exactly the checkpoints the store was built from."""
+        have = [c.sha256 for c in ckpts]
+        if have != self.checkpoint_hashes:
+            bad = [str(c.path) for c, h in zip(ckpts, self.checkpoint_hashes) if c.sha256 != h]
+            raise StaleStoreError(
+                f"{self.path}: stale influence store — it was computed from {len(self.checkpoint_hashes)} "
+                f"checkpoint(s) with other weights (differing: {bad or 'the number of checkpoints'}). Recompute it "
+                "with `xaiscope precompute influence` for these checkpoints.")
+
+    def checkpoints(self) -> list[Checkpoint]:
+        ckpts = load_run([c["path"] for c in self.meta["checkpoints"]])
+        self.check(ckpts)
+        return ckpts
+
+    def self_influence(self) -> np.ndarray:
+        e = np.asarray(self.embeddings, dtype=np.float64)
+        return np.einsum("nd,nd->n", e, e)
+
+    def scores(self, test_embeddings: np.ndarray) -> np.ndarray:
+        return np.asarray(test_embeddings, dtype=np.float32) @ np.asarray(self.embeddings).T
+
+    def query(self, test_embeddings: np.ndarray, k: int = 10) -> list[TopK]:
+        """Top-k proponents/opponents of each test embedding (a matrix product plus top-k)."""
+        s = self.scores(np.atleast_2d(test_embeddings))
+        return [top_k(row, k) for row in s]
+
+    def embed_test(self, x, y, ckpts: Sequence[Checkpoint] | None = None) -> np.ndarray:
+        ckpts = ckpts or self.checkpoints()
+        self.check(ckpts)
+        return embed(ckpts, x, y, self.spec)
+
+
+def precompute_store(out: str | Path, run, train: Examples | None = None, method: str = "exact", layers=None,
+                     dim: int = 128, seed: int = 0, data: Any = None, batch_size: int = 256,
+                     progress: Callable[[int, int], None] | None = None) -> InfluenceStore:
+    """Compute the training embeddings of a run once (in chunks, written into a memory-mapped ``.npy``) and
+    store them with the checkpoint hashes. ``train`` defaults to the adapter's training examples."""
+    ckpts = load_run(run)
+    adapter = get_adapter(ckpts[0].kind)
+    spec = EmbeddingSpec(method, layers, dim, seed)
+    train = train if train is not None else adapter.examples(ckpts[-1], "train", data)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    probe = embed(ckpts, train.x[:1], train.y[:1], spec, adapter)
+    arr = np.lib.format.open_memmap(out / EMBEDDINGS_FILE, mode="w+", dtype=np.float32,
+                                    shape=(len(train), probe.shape[1]))
+    embed(ckpts, train.x, train.y, spec, adapter, batch_size=batch_size, out=arr, progress=progress)
+    arr.flush()
+    del arr
+    idx = np.asarray(train.index)
+    is_dt = np.issubdtype(idx.dtype, np.datetime64)
+    meta = {
+        "format": STORE_FORMAT, "kind": ckpts[0].kind, "spec": {"method": spec.method, "layers": spec.layers,
+                                                               "dim": spec.dim, "seed": spec.seed},
+        "label": spec.label, "exact": spec.exact,
+        "checkpoints": [{"path": str(Path(c.path).resolve()), "sha256": c.sha256, "learning_rate": learning_rate(c),
+                         "epoch": c.manifest.get("epoch")} for c in ckpts],
+        "n_train": len(train), "index_label": train.label,
+        "index_kind": "datetime" if is_dt else "other",
+        "index": [str(v) for v in idx.astype("datetime64[ns]")] if is_dt else idx.tolist(),
+    }
+    (out / META_FILE).write_text(json.dumps(meta, indent=1))
+    return InfluenceStore(out)
+
+
+def open_store(path: str | Path, run=None) -> InfluenceStore:
+    """Open a store; with ``run`` (the checkpoints it should belong to) a hash mismatch raises
+    :class:`StaleStoreError`."""
+    store = InfluenceStore(path)
+    if run is not None:
+        store.check(load_run(run))
+    return store

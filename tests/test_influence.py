@@ -1,0 +1,260 @@
+"""TracIn: per-example gradient routes vs a per-example loop, Captum's TracInCP, last-layer shortcut,
+projections, stores."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from xaiscope.core import influence as I
+from xaiscope.core.checkpoint import load_checkpoint, save_checkpoint
+from xaiscope.core.models import HydroLSTM
+from xaiscope.core.sst_qoi import SstQoiMLP
+
+torch.set_num_threads(1)
+
+
+def _series(tmp_path, model, kind, config, lrs, seed=0, extra=None):
+    """Save len(lrs) checkpoints of ``model`` with perturbed weights, as a training run would."""
+    g = torch.Generator().manual_seed(seed)
+    for e, lr in enumerate(lrs, 1):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+        save_checkpoint(tmp_path / f"epoch_{e:03d}", model,
+                        {"kind": kind, "config": config, "epoch": e, "learning_rate": lr, **(extra or {})})
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def lstm_run(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = {"n_inputs": 3, "hidden_size": 4, "num_layers": 2, "dropout": 0.0}
+    run = _series(tmp_path_factory.mktemp("lstm"), HydroLSTM(**cfg), "hydro_lstm", cfg, [1e-2, 5e-3, 2.5e-3])
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((60, 15, 3)).astype(np.float32)
+    y = rng.standard_normal(60).astype(np.float32)
+    return run, x, y
+
+
+@pytest.fixture(scope="module")
+def mlp_run(tmp_path_factory):
+    torch.manual_seed(1)
+    cfg = {"n_inputs": 12, "hidden": [8, 6], "n_classes": 2, "dropout": 0.2}
+    run = _series(tmp_path_factory.mktemp("mlp"), SstQoiMLP(**cfg), "sst_qoi_mlp", cfg, [1e-2, 8e-3, 6e-3],
+                  extra={"class_weights": [1.3, 0.8]})
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((80, 12)).astype(np.float32)
+    y = (rng.random(80) > 0.5).astype(np.int64)
+    return run, x, y
+
+
+# ------------------------------------------------------------------------------- per-example gradients
+@pytest.mark.parametrize("batch", [1, 5])
+def test_lstm_route_equals_loop(batch):
+    torch.manual_seed(batch)
+    m = HydroLSTM(3, 5, 2, 0.0).double().eval()
+    a = I.get_adapter("hydro_lstm")
+    x = torch.randn(batch, 17, 3, dtype=torch.float64)
+    y = torch.randn(batch, dtype=torch.float64)
+    names = I.param_names(m)
+    fast = I.per_sample_grads_lstm(a, m, x, y, names)
+    ref = I.per_sample_grads_loop(a, m, x, y, names)
+    np.testing.assert_allclose(fast.numpy(), ref.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_lstm_route_selected_layers_and_training_mode():
+    m = HydroLSTM(3, 4, 2, 0.3).double().eval()
+    a = I.get_adapter("hydro_lstm")
+    x, y = torch.randn(3, 9, 3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    names = I.param_names(m, ["lstm.weight_hh_l1", "head"])
+    assert names == ["lstm.weight_hh_l1", "head.weight", "head.bias"]
+    np.testing.assert_allclose(I.per_sample_grads(a, m, x, y, names).numpy(),
+                               I.per_sample_grads_loop(a, m, x, y, names).numpy(), rtol=1e-10, atol=1e-12)
+    m.train()
+    with pytest.raises(I.InfluenceError, match="eval"):
+        I.per_sample_grads_lstm(a, m, x, y, names)
+    with pytest.raises(I.InfluenceError, match="match no parameter"):
+        I.param_names(m, ["lstm.nope"])
+
+
+def test_mlp_vmap_equals_loop():
+    torch.manual_seed(3)
+    m = SstQoiMLP(10, (7, 5), 2, 0.2).double().eval()
+    m._tracin_class_weights = torch.tensor([1.4, 0.7], dtype=torch.float64)
+    a = I.get_adapter("sst_qoi_mlp")
+    x, y = torch.randn(9, 10, dtype=torch.float64), torch.randint(0, 2, (9,))
+    names = I.param_names(m)
+    np.testing.assert_allclose(I.per_sample_grads_vmap(a, m, x, y, names).numpy(),
+                               I.per_sample_grads_loop(a, m, x, y, names).numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["hydro_lstm", "sst_qoi_mlp"])
+def test_last_layer_shortcut_equals_full_restricted_to_head(kind):
+    torch.manual_seed(4)
+    if kind == "hydro_lstm":
+        m = HydroLSTM(3, 4, 2, 0.0).double().eval()
+        x, y = torch.randn(6, 11, 3, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    else:
+        m = SstQoiMLP(10, (7, 5), 2).double().eval()
+        x, y = torch.randn(6, 10, dtype=torch.float64), torch.randint(0, 2, (6,))
+    a = I.get_adapter(kind)
+    head = I.head_names(m, a)
+    full = I.per_sample_grads_loop(a, m, x, y, I.param_names(m))
+    cols = np.concatenate([np.full(p.numel(), n in head) for n, p in m.named_parameters()])
+    short = I.per_sample_grads_last_layer(a, m, x, y, head)
+    np.testing.assert_allclose(short.numpy(), full.numpy()[:, cols], rtol=1e-10, atol=1e-12)
+
+
+def test_convlstm_adapter_has_no_last_layer():
+    from xaiscope.core.convlstm import EnsoConvLSTM
+
+    m = EnsoConvLSTM(hidden=(2,), kernels=(3,), n_lat=6, n_lon=8, window=2, n_leads=2, nino_box=(2, 4, 2, 5))
+    with pytest.raises(I.InfluenceError, match="final linear layer"):
+        I.head_names(m, I.get_adapter("enso_convlstm"))
+
+
+def test_convlstm_loop_route_matches_per_example_training_loss():
+    from xaiscope.core.convlstm import EnsoConvLSTM, enso_loss
+
+    torch.manual_seed(5)
+    m = EnsoConvLSTM(hidden=(2,), kernels=(3,), n_lat=6, n_lon=8, window=2, n_leads=2, nino_box=(2, 4, 2, 5)).eval()
+    a = I.get_adapter("enso_convlstm")
+    x = torch.randn(3, 2, 2, 6, 8)
+    y = torch.randn(3, 2 * 48 + 2)
+    got = a.loss(m, x, y)
+    out = m(x)
+    ref = [float(enso_loss({k: v[i:i + 1] for k, v in out.items()}, y[i:i + 1, :96].reshape(1, 2, 6, 8),
+                           y[i:i + 1, 96:], m.sea_mask)[0].detach()) for i in range(3)]
+    np.testing.assert_allclose(got.detach().numpy(), ref, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ Captum
+def _captum_scores(run, kind, x, y, xt, yt, loss_fn, batch_size=8):
+    captum = pytest.importorskip("captum.influence")
+    from safetensors.torch import load_file
+    from torch.utils.data import TensorDataset
+
+    ckpts = I.load_run(run)
+    model = I.prepare_model(load_checkpoint(ckpts[0].path))
+
+    def load(m, path):
+        m.load_state_dict(load_file(str(path) + "/weights.safetensors"))
+        m.eval()
+        return json.loads(open(str(path) + "/manifest.json").read())["learning_rate"]
+
+    tr = captum.TracInCP(model, TensorDataset(torch.as_tensor(x), torch.as_tensor(y)),
+                         [str(c.path) for c in ckpts], checkpoints_load_func=load, loss_fn=loss_fn,
+                         batch_size=batch_size, sample_wise_grads_per_batch=False)
+    return tr.influence((torch.as_tensor(xt), torch.as_tensor(yt)), k=None).detach().numpy()
+
+
+def _assert_same(ours, ref):
+    rel = np.linalg.norm(ours - ref) / np.linalg.norm(ref)
+    assert rel <= 1e-4, rel
+    np.testing.assert_allclose(ours, ref, rtol=1e-3, atol=1e-5 * np.abs(ref).max())
+    for row_o, row_r in zip(ours, ref):
+        a, b = I.top_k(row_o, 10), I.top_k(row_r, 10)
+        assert set(a.proponents) == set(b.proponents)
+        assert set(a.opponents) == set(b.opponents)
+
+
+def test_equals_captum_tracincp_lstm(lstm_run):
+    run, x, y = lstm_run
+    xt, yt = x[:4] + 0.1, y[:4] - 0.2
+    ref = _captum_scores(run, "hydro_lstm", x, y, xt, yt, torch.nn.MSELoss(reduction="none"))
+    ours = I.tracin(run, (x, y), (xt, yt)).scores
+    _assert_same(ours, ref)
+
+
+def test_equals_captum_tracincp_mlp(mlp_run):
+    run, x, y = mlp_run
+    xt, yt = x[:5] * 0.5, 1 - y[:5]
+    w = torch.tensor([1.3, 0.8])
+    ref = _captum_scores(run, "sst_qoi_mlp", x, y, xt, yt, torch.nn.CrossEntropyLoss(weight=w, reduction="none"))
+    res = I.tracin(run, (x, y), (xt, yt))
+    assert res.exact and res.label.startswith("exact")
+    _assert_same(res.scores, ref)
+
+
+def test_self_influence_is_diagonal_of_scores(mlp_run):
+    run, x, y = mlp_run
+    full = I.tracin(run, (x[:20], y[:20]), (x[:20], y[:20])).scores
+    np.testing.assert_allclose(I.self_influence(run, (x[:20], y[:20])), np.diag(full), rtol=1e-5)
+
+
+# --------------------------------------------------------------------------------------- projections
+def test_projection_approximates_exact(lstm_run):
+    run, x, y = lstm_run
+    exact = I.tracin(run, (x, y), (x[:6], y[:6])).scores
+    approx = {}
+    for dim in (8, 512):
+        res = I.tracin(run, (x, y), (x[:6], y[:6]), method="projection", dim=dim, seed=3)
+        assert not res.exact and "approximate" in res.label
+        approx[dim] = res.scores
+    r_big = np.corrcoef(exact.ravel(), approx[512].ravel())[0, 1]
+    r_small = np.corrcoef(exact.ravel(), approx[8].ravel())[0, 1]
+    assert r_big > 0.95
+    err = lambda a: np.linalg.norm(a - exact) / np.linalg.norm(exact)  # noqa: E731
+    assert err(approx[512]) < err(approx[8])
+    # fixed seed: reproducible
+    again = I.tracin(run, (x, y), (x[:6], y[:6]), method="projection", dim=8, seed=3).scores
+    np.testing.assert_array_equal(again, approx[8])
+
+
+def test_projection_unbiased_over_seeds(lstm_run):
+    """JL: E[(Pᵀa)·(Pᵀb)] = a·b — the mean over seeds approaches the exact score within its standard error."""
+    run, x, y = lstm_run
+    exact = I.tracin(run, (x[:1], y[:1]), (x[1:2], y[1:2])).scores[0, 0]
+    draws = np.array([I.tracin(run, (x[:1], y[:1]), (x[1:2], y[1:2]), method="projection", dim=16,
+                               seed=s).scores[0, 0] for s in range(40)])
+    se = draws.std(ddof=1) / np.sqrt(len(draws))
+    assert abs(draws.mean() - exact) < 4 * se + 1e-12
+
+
+# ---------------------------------------------------------------------------------------- top-k, store
+def test_top_k_matches_full_sort():
+    rng = np.random.default_rng(0)
+    s = rng.standard_normal(1000)
+    t = I.top_k(s, 7)
+    order = np.argsort(s)
+    np.testing.assert_array_equal(t.proponents, order[::-1][:7])
+    np.testing.assert_array_equal(t.opponents, order[:7])
+
+
+def test_store_round_trip_and_stale(tmp_path, mlp_run):
+    run, x, y = mlp_run
+    train = I.Examples(x, y, np.arange(len(x)))
+    store = I.precompute_store(tmp_path / "store", run, train, batch_size=16)
+    ckpts = I.load_run(run)
+    ref = I.tracin(run, (x, y), (x[:3], y[:3]))
+    again = I.open_store(tmp_path / "store", run)
+    q = again.embed_test(x[:3], y[:3])
+    np.testing.assert_allclose(again.scores(q), ref.scores, rtol=1e-4, atol=1e-7)
+    tops = again.query(q, k=5)
+    assert [list(t.proponents) for t in tops] == [list(ref.top_k(i, 5).proponents) for i in range(3)]
+    np.testing.assert_allclose(store.self_influence(), I.self_influence(run, (x, y)), rtol=1e-4)
+    # a changed checkpoint makes the store stale
+    m = ckpts[1].model
+    with torch.no_grad():
+        m.net[0].weight.mul_(1.01)
+    save_checkpoint(ckpts[1].path, m, {k: v for k, v in ckpts[1].manifest.items()
+                                        if k not in ("weights_sha256", "weights_file")})
+    with pytest.raises(I.StaleStoreError, match="stale"):
+        I.open_store(tmp_path / "store", run)
+
+
+def test_clear_errors(tmp_path, mlp_run):
+    run, x, y = mlp_run
+    with pytest.raises(I.InfluenceError, match="method"):
+        I.tracin(run, (x, y), (x, y), method="fast")
+    with pytest.raises(I.InfluenceError, match="no TracIn task adapter"):
+        I.get_adapter("nope")
+    with pytest.raises(I.InfluenceError, match="not an influence store"):
+        I.open_store(tmp_path)
+    m = SstQoiMLP(4, (3,))
+    save_checkpoint(tmp_path / "run" / "epoch_001", m, {"kind": "sst_qoi_mlp",
+                                                        "config": {"n_inputs": 4, "hidden": [3]}})
+    with pytest.raises(I.InfluenceError, match="learning_rate"):
+        I.load_run(tmp_path / "run")

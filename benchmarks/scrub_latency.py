@@ -77,7 +77,6 @@ def main(argv=None) -> int:
             page.wait_for_selector("text=computed in", timeout=300_000)
             page.wait_for_function(HEATMAP_TITLE_JS, arg=args.start, timeout=60_000)
             # let the background work (per-day simulation, ridge probe) finish: it shares the CPU
-            page.wait_for_selector("text=Shown period", state="attached", timeout=600_000)
             page.wait_for_selector("text=Ridge probe, all", state="attached", timeout=600_000)
             page.wait_for_timeout(1000)
             handle = page.locator(".noUi-handle").first

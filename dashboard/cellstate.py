@@ -36,10 +36,12 @@ import colorcet
 from bokeh.core.properties import value as bk_value
 from bokeh.events import Tap
 from bokeh.layouts import gridplot
-from bokeh.models import (ColorBar, ColumnDataSource, HoverTool, Legend, LegendItem, LinearColorMapper, Range1d,
-                          Span, TapTool)
+from bokeh.models import (ColorBar, ColumnDataSource, HoverTool, Label, Legend, LegendItem, LinearColorMapper,
+                          Range1d, Span, TapTool)
 from bokeh.palettes import Viridis256
 from bokeh.plotting import figure
+
+from panel.io.state import set_curdoc
 
 from xaiscope.core import analysis, hydro
 from xaiscope.dashboard import compute
@@ -287,7 +289,7 @@ class CellStateExplorer(pn.viewable.Viewer):
 
         cmap, (lo, hi) = self._color_for_gate()
         self._mapper = LinearColorMapper(palette=cmap, low=lo, high=hi, nan_color=(0, 0, 0, 0))
-        f_heat = fig(240, self._image_title(), y_axis_label="cell",
+        f_heat = fig(240, " ", y_axis_label="cell",
                      y_range=Range1d(-0.5, max(self.n_cells, 1) - 0.5))
         f_heat.grid.visible = False
         r_img = f_heat.image(image="image", x="x", y="y", dw="dw", dh="dh", source=self._src["heat"],
@@ -299,6 +301,12 @@ class CellStateExplorer(pn.viewable.Viewer):
         f_heat.add_layout(ColorBar(color_mapper=self._mapper, width=10, major_label_text_font_size=tick_px),
                           "right")
         f_heat.min_border_right = 20
+        # the title names the shown day; a Label (drawn on the canvas) instead of the plot's Title, whose new
+        # text would make the browser measure and lay out the figures again on every day
+        self._heat_label = Label(x=4, y=2, x_units="screen", y_units="screen", text=self._image_title(),
+                                 text_font_size=title_px, text_font_style="bold", text_color="#1a202c",
+                                 text_baseline="bottom", background_fill_color="white", background_fill_alpha=0.0)
+        f_heat.add_layout(self._heat_label, "above")
         f_heat.on_event(Tap, lambda event: self._on_tap(x=event.x, y=event.y))
         self._heat_fig = f_heat
 
@@ -358,7 +366,7 @@ class CellStateExplorer(pn.viewable.Viewer):
             self._src["heat"].data = {"image": [np.ascontiguousarray(arr.T, dtype=np.float32)], "x": [x0],
                                       "y": [-0.5], "dw": [float(len(t) * DAY_MS)], "dh": [float(arr.shape[1])]}
             self._set_color_limits(arr)
-            self._heat_fig.title.text = self._image_title()
+            self._heat_label.text = self._image_title()
         self._src["marks"].data = {"y": np.array([c + d for c in self.cells for d in (-0.5, 0.5)], dtype=float)}
         cols = {"time": t}
         for k in range(MAX_TRACES):
@@ -392,7 +400,7 @@ class CellStateExplorer(pn.viewable.Viewer):
         loc = self._day_ms()
         for span in self._spans:
             span.update(location=loc, visible=self.mode == "continuous")
-        self._heat_fig.title.text = self._image_title()
+        self._heat_label.text = self._image_title()
 
     def _day_ms(self) -> float:
         if self.date is None:
@@ -469,7 +477,7 @@ class CellStateExplorer(pn.viewable.Viewer):
                                  "(CSV: `#` header lines; NetCDF: global attributes)."),
                 self._dl_series, self._dl_states, self._dl_corr, self._dl_weights, self._dl_skill,
                 max_width=520)),
-            dynamic=False, sizing_mode="stretch_width",
+            dynamic=True, sizing_mode="stretch_width",
         )
         tabs.param.watch(lambda e: self._update_skill(table=True) if e.new == 2 else None, "active")
         return pn.Column(self._title_md, self._alert, self._warn, self._progress_md, self._progress, controls,
@@ -584,10 +592,10 @@ class CellStateExplorer(pn.viewable.Viewer):
         key = self._source_key()
         self._sim_ready = compute.has_simulation(self.ckpt, self.state.data_key, self.state.device)
         if self._in_server():
-            token = self._token
+            token, doc = self._token, pn.state.curdoc
 
             async def run():
-                await self._prepare_async(token, key)
+                await self._prepare_async(token, key, doc)
 
             pn.state.execute(run)
             return
@@ -602,7 +610,32 @@ class CellStateExplorer(pn.viewable.Viewer):
         self._progress.param.update(visible=True, active=True, value=int(100 * fraction))
         self._progress_md.param.update(object=f"**{label}** ({100 * fraction:.0f} %)", visible=True)
 
-    async def _prepare_async(self, token: int, key) -> None:
+    @staticmethod
+    async def _in_doc(doc, fn, *args):
+        """Run ``fn(*args)`` on the event loop with the document's lock (so that it may change Bokeh models
+        directly) and wait for it."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        def call():
+            try:
+                with set_curdoc(doc):
+                    result = fn(*args)
+            except BaseException as err:  # noqa: BLE001 - handed to the awaiting coroutine
+                if not fut.done():
+                    fut.set_exception(err)
+            else:
+                if not fut.done():
+                    fut.set_result(result)
+
+        doc.add_next_tick_callback(call)
+        return await asyncio.wait_for(fut, timeout=3600)
+
+    def _hide_progress(self) -> None:
+        self._progress.param.update(visible=False, active=False, value=0)
+        self._progress_md.param.update(object="", visible=False)
+
+    async def _prepare_async(self, token: int, key, doc) -> None:
         loop = asyncio.get_running_loop()
         try:
             quick = self._quick_steps()
@@ -612,7 +645,7 @@ class CellStateExplorer(pn.viewable.Viewer):
                 await asyncio.to_thread(step)
                 if token != self._token:
                     return
-            self._guard("Preparing the view", self._finish_prepare, key)
+            await self._in_doc(doc, self._guard, "Preparing the view", self._finish_prepare, key)
             for label, what, step in self._slow_steps():
                 self._show_progress(label + "…", 0.0)
                 await asyncio.sleep(0.01)
@@ -625,14 +658,16 @@ class CellStateExplorer(pn.viewable.Viewer):
                 await asyncio.to_thread(step, report)
                 if token != self._token:
                     return
-                self._guard("Finishing " + label.lower(), self._slow_done, what)
+                await self._in_doc(doc, self._guard, "Finishing " + label.lower(), self._slow_done, what)
         except Exception as err:  # noqa: BLE001
             log.error("preparing the cell-state view failed", exc_info=True)
             self._show_error(f"Preparing the view: {describe_error(err)}")
         finally:
             if token == self._token:
-                self._progress.param.update(visible=False, active=False)
-                self._progress_md.visible = False
+                try:
+                    await self._in_doc(doc, self._hide_progress)
+                except Exception:  # noqa: BLE001 - the session is gone
+                    log.debug("could not hide the progress bar", exc_info=True)
 
     def _finish_prepare(self, key) -> None:
         self._prepared_key = key

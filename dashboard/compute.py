@@ -41,7 +41,7 @@ MAX_LAG = 30
 
 _WINDOWS = LRUCache(maxsize=512)
 _RECORDS = LRUCache(maxsize=16)
-_HEAVY = LRUCache(maxsize=32)
+_HEAVY = LRUCache(maxsize=64)
 
 
 def clear_caches() -> None:

@@ -24,6 +24,7 @@ pytestmark = [
 
 REPO = Path(__file__).resolve().parents[1]
 PERIOD = ("2006-10-01", "2010-09-30")
+SHIPPED = REPO / "assets" / "checkpoints" / "hydro_01031500"  # the demo checkpoint trained on this basin
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +42,12 @@ def setup(tmp_path_factory):
     broken.mkdir()
     (broken / "manifest.json").write_text(json.dumps({"format_version": 1, "kind": "hydro_lstm", "config": {}}))
     (broken / "weights.safetensors").write_bytes(b"\x00 truncated")
-    return {"ds": ds, "nc": nc, "good": good, "broken": broken, "root": root}
+    return {"ds": ds, "nc": nc, "good": good, "broken": broken, "root": root, "shipped": SHIPPED}
 
 
 @pytest.fixture(scope="module")
 def app(setup):
-    with served_app(checkpoints=[setup["good"], setup["broken"]], data=[setup["nc"]],
+    with served_app(checkpoints=[setup["shipped"], setup["broken"]], data=[setup["nc"]],
                     log_path=setup["root"] / "server.log") as (url, proc, log):
         yield url, proc, log
 
@@ -78,6 +79,10 @@ def test_scrubber_moves_the_plotted_window(app):
         _ready(page)
         page.wait_for_function(HEATMAP_TITLE_JS, arg="window ending 2009-03-10", timeout=60_000)
         before = page.evaluate(RANGES_JS)["ranges"]
+        day = 86_400_000
+        # window mode opens on the window of the selected day: the shared x-range spans the 365 days
+        end = np.datetime64("2009-03-10", "ms").astype(np.int64)
+        assert any(abs(r[1] - end - day / 2) < 1 and abs((r[1] - r[0]) - 365 * day) < 1 for r in before), before
         handle = page.locator(".noUi-handle").first
         handle.focus()
         for _ in range(3):
@@ -87,7 +92,6 @@ def test_scrubber_moves_the_plotted_window(app):
         page.wait_for_timeout(500)
         after = page.evaluate(RANGES_JS)["ranges"]
         assert _query(page)["date"].strip('"') == "2009-03-07"
-        day = 86_400_000
         shifted = [a for a in after if any(abs((b[1] - a[1]) - 3 * day) < day / 2 for b in before)]
         assert shifted, (before, after)
 
@@ -97,7 +101,7 @@ def test_best_snow_cell_button_selects_the_numpy_best_cell(app, setup):
     from xaiscope.core.states import lstm_internals_loop
 
     url, _, _ = app
-    ckpt = hydro.load_hydro(setup["good"])
+    ckpt = hydro.load_hydro(setup["shipped"])
     ds = setup["ds"]
     x = hydro.normalised_inputs(ckpt, ds)
     with torch.no_grad():
@@ -130,7 +134,7 @@ def test_broken_checkpoint_shows_an_error_and_the_app_keeps_running(app):
         select = page.locator("select").first
         labels = select.locator("option").all_inner_texts()
         broken = next(label for label in labels if "broken" in label)
-        good = next(label for label in labels if "good" in label)
+        good = next(label for label in labels if "hydro_01031500" in label)
         select.select_option(label=broken)
         message = page.get_by_text(re.compile(r"Checkpoint 'broken_ckpt'.*not a readable safetensors file"))
         message.first.wait_for(timeout=30_000)

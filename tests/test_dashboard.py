@@ -143,7 +143,7 @@ def test_continuous_mode_scrubbing_moves_only_the_day_marker(explorer):
     assert ex._src["series"].data["prcp"] is series_obj and ex._src["heat"].data["image"][0] is heat_obj
     assert {s.location for s in ex._spans} == {pd.Timestamp("2000-09-01").value / 1e6}
     assert all(s.visible for s in ex._spans)
-    assert "day 2000-09-01" in ex._heat_fig.title.text
+    assert "day 2000-09-01" in ex._heat_label.text
     ex.mode = "window"
 
 
@@ -289,3 +289,48 @@ def test_create_app_builds_a_template(ckpt_dir, basin):
 
     app = create_app(checkpoints=[str(ckpt_dir)], data=[basin])
     assert isinstance(app, pn.template.BaseTemplate)
+
+
+def test_second_session_reuses_the_cached_simulation(explorer, ckpt_dir, basin, monkeypatch):
+    from xaiscope.core import hydro
+    from xaiscope.dashboard.cellstate import CellStateExplorer
+
+    def fail(*a, **k):
+        raise AssertionError("the per-day simulation was computed again")
+
+    monkeypatch.setattr(hydro, "simulate", fail)
+    monkeypatch.setattr(hydro, "continuous_states", fail)
+    again = CellStateExplorer(checkpoint=str(ckpt_dir), data=basin, background=False)
+    assert again.error == "" and again.ready and again._sim_ready
+    pd.testing.assert_series_equal(again._qsim, explorer._qsim)
+
+
+def test_cache_computes_once_for_concurrent_callers():
+    import threading
+
+    from xaiscope.dashboard.sources import LRUCache
+
+    cache = LRUCache(maxsize=4)
+    calls, release, results = [], threading.Event(), []
+
+    def slow():
+        calls.append("slow")
+        release.wait(10)
+        return 42
+
+    def fast():
+        calls.append("fast")
+        return -1
+
+    t1 = threading.Thread(target=lambda: results.append(cache.get_or_compute("k", slow)))
+    t1.start()
+    while not cache.running("k"):
+        threading.Event().wait(0.005)
+    t2 = threading.Thread(target=lambda: results.append(cache.get_or_compute("k", fast)))
+    t2.start()
+    t2.join(0.3)
+    assert t2.is_alive()  # waits for the running computation instead of starting its own
+    release.set()
+    t1.join(10)
+    t2.join(10)
+    assert calls == ["slow"] and results == [42, 42]

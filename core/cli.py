@@ -144,6 +144,13 @@ def _cmd_serve(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------- precompute
+def _cmd_precompute_influence(args) -> int:
+    from xaiscope.core.influence import run_precompute_cli
+
+    return run_precompute_cli(args)
+
+
 # ------------------------------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -278,6 +285,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", action="store_true", help="open a browser tab")
     _add_device(p)
     p.set_defaults(func=_cmd_serve)
+
+    # precompute
+    p_pre = sub.add_parser("precompute", help="compute and store what views read (TracIn training embeddings)")
+    pre_sub = p_pre.add_subparsers(dest="what", metavar="WHAT", required=True)
+    p = pre_sub.add_parser(
+        "influence", help="TracIn training embeddings of a checkpoint series",
+        description="Per-example training-loss gradients of every checkpoint of RUN (a folder of epoch_NNN), scaled "
+                    "by √(learning rate) — exact, last layer, or randomly projected — written to OUT with the "
+                    "checkpoint hashes; a TracIn query is then a matrix product.")
+    p.add_argument("run", help="checkpoint series folder (epoch_NNN sub-folders with learning rates)")
+    p.add_argument("--out", required=True, help="folder of the influence store")
+    p.add_argument("--method", choices=("exact", "last_layer", "projection"), default="exact")
+    p.add_argument("--layers", default=None, help="comma-separated parameter name prefixes (default: all)")
+    p.add_argument("--dim", type=int, default=128, help="projection dimension (method projection)")
+    p.add_argument("--seed", type=int, default=0, help="projection seed")
+    p.add_argument("--data", default=None, help="the run's data (default: the bundled demo data of its kind)")
+    p.add_argument("--batch-size", type=int, default=None, help="examples per gradient batch")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_precompute_influence)
     return parser
 
 

@@ -689,3 +689,23 @@ def open_store(path: str | Path, run=None) -> InfluenceStore:
     if run is not None:
         store.check(load_run(run))
     return store
+
+
+def run_precompute_cli(args) -> int:
+    """``xaiscope precompute influence RUN --out DIR``: store a run's training embeddings with a progress bar."""
+    from tqdm.auto import tqdm
+
+    layers = [s for s in str(args.layers).split(",") if s] if args.layers else None
+    bar = tqdm(total=None, unit="batch", disable=args.quiet, desc="training gradients")
+
+    def progress(done, total):
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    store = precompute_store(args.out, args.run, method=args.method, layers=layers, dim=args.dim, seed=args.seed,
+                             data=args.data, batch_size=args.batch_size, progress=progress)
+    bar.close()
+    print(f"wrote {store.path}: {store.embeddings.shape[0]} training examples × {store.embeddings.shape[1]} "
+          f"({store.spec.label}) from {len(store.checkpoint_hashes)} checkpoint(s)")
+    return 0

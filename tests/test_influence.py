@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from xaiscope.core import influence as I
-from xaiscope.core.checkpoint import load_checkpoint, save_checkpoint
+from xaiscope.core.checkpoint import list_series, load_checkpoint, save_checkpoint
 from xaiscope.core.models import HydroLSTM
 from xaiscope.core.sst_qoi import SstQoiMLP
 
@@ -258,3 +258,25 @@ def test_clear_errors(tmp_path, mlp_run):
                                                         "config": {"n_inputs": 4, "hidden": [3]}})
     with pytest.raises(I.InfluenceError, match="learning_rate"):
         I.load_run(tmp_path / "run")
+
+
+def test_cli_precompute_influence(tmp_path, capsys):
+    from xaiscope.core.cli import main
+
+    import shutil
+
+    from xaiscope.core.sst_qoi import demo_checkpoint
+
+    for p in list_series(demo_checkpoint(3))[-2:]:   # two shipped epochs keep the test short
+        shutil.copytree(p, tmp_path / "run" / p.name)
+    shipped = I.load_run(tmp_path / "run")
+    rc = main(["precompute", "influence", str(shipped[0].path.parent), "--out", str(tmp_path / "s"),
+               "--method", "projection", "--dim", "16", "--quiet"])
+    assert rc == 0 and "training examples" in capsys.readouterr().out
+    store = I.open_store(tmp_path / "s", str(shipped[0].path.parent))
+    train = I.get_adapter("sst_qoi_mlp").examples(shipped[-1], "train")
+    assert store.embeddings.shape == (len(train), 16 * 2)
+    ref = I.embed(I.load_run(str(shipped[0].path.parent)), train.x[:4], train.y[:4],
+                  I.EmbeddingSpec("projection", dim=16))
+    np.testing.assert_allclose(store.embeddings[:4], ref, rtol=1e-5, atol=1e-7)
+    assert main(["precompute", "influence", str(tmp_path), "--out", str(tmp_path / "t"), "--quiet"]) == 2

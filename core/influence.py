@@ -24,8 +24,9 @@ Methods (each result says whether it is exact):
 
 Per-example gradients: for the hydrology LSTM one batched backward through PyTorch's own LSTM kernels, with
 zero "probe" inputs wired to the gate pre-activations, gives every example's gate pre-activation gradients δz_t; each example's weight gradient is then
-Σ_t δz_t ⊗ [x_t, h_{t−1}] (einsums) — no weight gradient is accumulated by autograd at all. The MLP uses
-``torch.func`` (``vmap(grad)``); the ConvLSTM (whose loss masks by data) a per-example loop. All routes equal a
+Σ_t δz_t ⊗ [x_t, h_{t−1}] (einsums) — no weight gradient is accumulated by autograd at all. The MLP does the
+same with its linear layers' output gradients (∇W = δ ⊗ input; ``torch.func`` ``vmap(grad)`` is the general
+fallback); the ConvLSTM (whose loss masks by data) a per-example loop. All routes equal a
 plain per-example loop (tests).
 
 What a model kind needs is a :class:`TaskAdapter` (registered in :data:`ADAPTERS`): how to get its training and
@@ -188,7 +189,7 @@ class SstQoiAdapter(TaskAdapter):
 
     kind = "sst_qoi_mlp"
     head = "net.-1"
-    route = "vmap"
+    route = "linear"
     description = "SST anomaly map at t − lag → sign of the QoI at t; loss = class-weighted cross-entropy"
 
     def examples(self, ckpt, split="train", data=None):
@@ -301,7 +302,7 @@ def param_names(model: nn.Module, layers: Sequence[str] | str | None = None) -> 
         layers = [layers]
     chosen, unknown = set(), []
     for prefix in layers:
-        hit = [n for n in names if n == prefix or n.startswith(prefix + ".") or n.startswith(prefix)]
+        hit = [n for n in names if n == prefix or n.startswith(prefix + ".")]
         if not hit:
             unknown.append(prefix)
         chosen.update(hit)
@@ -374,6 +375,37 @@ def per_sample_grads_last_layer(adapter: TaskAdapter, model: nn.Module, x, y, na
     return _flat(grads, names, len(x))
 
 
+def per_sample_grads_linear(adapter: TaskAdapter, model: nn.Module, x, y, names: Sequence[str]) -> torch.Tensor:
+    """Networks whose parameters all belong to ``nn.Linear`` layers (the SST-QoI MLP): one batched backward to
+    the gradient δ of every linear layer's output; then ∇W = δ ⊗ input and ∇b = δ per example (einsum)."""
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    owned = {f"{n}.{p}" for n, m in linears.items() for p, _ in m.named_parameters()}
+    if not set(names) <= owned:
+        return per_sample_grads_vmap(adapter, model, x, y, names)
+    inputs, outputs = {}, {}
+
+    def hook(name):
+        def fn(module, inp, out):
+            inputs[name], outputs[name] = inp[0].detach(), out
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in linears.items()]
+    try:
+        with torch.enable_grad():
+            loss = adapter.loss(model, x, y).sum()
+    finally:
+        for h in handles:
+            h.remove()
+    keys = list(outputs)
+    deltas = dict(zip(keys, torch.autograd.grad(loss, [outputs[k] for k in keys])))
+    grads = {}
+    for n in keys:
+        grads[f"{n}.weight"] = torch.einsum("bo,bi->boi", deltas[n], inputs[n])
+        if linears[n].bias is not None:
+            grads[f"{n}.bias"] = deltas[n]
+    return _flat(grads, names, len(x))
+
+
 def _probe_layer(lstm: nn.LSTM, layer: int, n_in: int) -> nn.LSTM:
     """A one-layer ``nn.LSTM`` equal to layer ``layer`` of ``lstm`` with 4H extra inputs wired to the gate
     pre-activations by an identity block: z_t = W_ih x_t + I p_t + W_hh h_{t−1} + b. Fed p_t = 0 it computes the
@@ -435,6 +467,7 @@ def per_sample_grads_lstm(adapter: TaskAdapter, model: nn.Module, x, y, names: S
 
 
 ROUTES: dict[str, Callable] = {"loop": per_sample_grads_loop, "vmap": per_sample_grads_vmap,
+                               "linear": per_sample_grads_linear,
                                "lstm": per_sample_grads_lstm, "last_layer": per_sample_grads_last_layer}
 
 

@@ -79,15 +79,19 @@ def test_lstm_route_selected_layers_and_training_mode():
         I.param_names(m, ["lstm.nope"])
 
 
-def test_mlp_vmap_equals_loop():
+def test_mlp_vmap_and_linear_routes_equal_loop():
     torch.manual_seed(3)
     m = SstQoiMLP(10, (7, 5), 2, 0.2).double().eval()
     m._tracin_class_weights = torch.tensor([1.4, 0.7], dtype=torch.float64)
     a = I.get_adapter("sst_qoi_mlp")
     x, y = torch.randn(9, 10, dtype=torch.float64), torch.randint(0, 2, (9,))
     names = I.param_names(m)
-    np.testing.assert_allclose(I.per_sample_grads_vmap(a, m, x, y, names).numpy(),
-                               I.per_sample_grads_loop(a, m, x, y, names).numpy(), rtol=1e-10, atol=1e-12)
+    ref = I.per_sample_grads_loop(a, m, x, y, names).numpy()
+    np.testing.assert_allclose(I.per_sample_grads_vmap(a, m, x, y, names).numpy(), ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(I.per_sample_grads_linear(a, m, x, y, names).numpy(), ref, rtol=1e-10, atol=1e-12)
+    sub = I.param_names(m, ["net.3"])
+    np.testing.assert_allclose(I.per_sample_grads(a, m, x, y, sub).numpy(),
+                               I.per_sample_grads_loop(a, m, x, y, sub).numpy(), rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("kind", ["hydro_lstm", "sst_qoi_mlp"])
@@ -280,3 +284,23 @@ def test_cli_precompute_influence(tmp_path, capsys):
                   I.EmbeddingSpec("projection", dim=16))
     np.testing.assert_allclose(store.embeddings[:4], ref, rtol=1e-5, atol=1e-7)
     assert main(["precompute", "influence", str(tmp_path), "--out", str(tmp_path / "t"), "--quiet"]) == 2
+
+
+def test_shipped_sst_series_examples_and_scores():
+    """The SST-QoI adapter rebuilds the training split of the shipped run: its class-weighted loss on the
+    training examples reproduces the manifest's training accuracy; the fast route equals the loop there too."""
+    from xaiscope.core.sst_qoi import demo_checkpoint
+
+    ckpts = I.load_run(demo_checkpoint(3))
+    a = I.get_adapter("sst_qoi_mlp")
+    train, test = a.examples(ckpts[-1], "train"), a.examples(ckpts[-1], "test")
+    m = ckpts[-1].manifest
+    assert (len(train), len(test)) == (m["n_train"], m["n_val"])
+    model = I.prepare_model(ckpts[-1])
+    with torch.no_grad():
+        acc = float((model(torch.as_tensor(train.x)).argmax(1).numpy() == train.y).mean())
+    assert acc == pytest.approx(m["metrics"]["train_accuracy"], abs=1e-9)
+    x, y = torch.as_tensor(train.x[:6]), torch.as_tensor(train.y[:6])
+    names = I.param_names(model)
+    np.testing.assert_allclose(I.per_sample_grads(a, model, x, y, names).numpy(),
+                               I.per_sample_grads_loop(a, model, x, y, names).numpy(), rtol=1e-4, atol=1e-7)

@@ -451,7 +451,26 @@ class CellStateExplorer(pn.viewable.Viewer):
     def __panel__(self):
         if self._layout is None:
             self._layout = self._make_layout()
+            if self._in_server():
+                pn.state.onload(self._resync_player)
         return self._layout
+
+    def _resync_player(self) -> None:
+        """Move the player's own slider to the selected day once the page is up: on its first render the
+        browser clamps the slider's value to its default 0–100 range before it learns the real bounds."""
+        doc = pn.state.curdoc
+        models = [m for m, _ in list(self._player._models.values())]
+        if not models or doc is None:
+            return
+        idx = int(self._player.value)
+        other = idx - 1 if idx > self._player.start else idx + 1
+        for m in models:
+            m.value = other
+
+        def back():
+            for m in models:
+                m.value = idx
+        doc.add_next_tick_callback(back)
 
     def _make_layout(self):
         controls = pn.Column(
@@ -529,7 +548,8 @@ class CellStateExplorer(pn.viewable.Viewer):
             self.cells = [c for c in self.cells if c < self.n_cells]
         self._slider.param.update(start=first, end=last, value=self.date)
         self._picker.param.update(start=first, end=last, value=self.date)
-        self._player.param.update(start=self._first_idx, end=len(self._days) - 1, value=self._day_index())
+        self._player.param.update(start=self._first_idx, end=len(self._days) - 1)
+        self._set_player(self._day_index())
         self._layer_w.options = list(range(self.n_layers))
         self._layer_w.value = self.layer
         self._cells_w.options = list(range(self.n_cells))
@@ -713,6 +733,13 @@ class CellStateExplorer(pn.viewable.Viewer):
         idx = int(min(max(event.new, 0), len(self._days) - 1))
         self._set_date(self._days[idx].date())
 
+    def _set_player(self, idx: int) -> None:
+        """Put the player on day ``idx``: its ``value`` and the position of its own slider (``value_throttled``,
+        which the browser draws from)."""
+        if self._player.value != idx or self._player.value_throttled != idx:
+            with param.edit_constant(self._player):
+                self._player.param.update(value=idx, value_throttled=idx)
+
     def _on_date(self, *_):
         if not hasattr(self, "_days") or self.date is None:
             return
@@ -720,8 +747,7 @@ class CellStateExplorer(pn.viewable.Viewer):
         self._slider.value = self.date
         self._picker.value = self.date
         idx = self._day_index()
-        if self._player.value != idx:
-            self._player.value = idx
+        self._set_player(idx)
         if self.ready:
             self._guard("Updating the day", self._refresh, "date")
 

@@ -2,7 +2,8 @@
 
     python docs/make_screenshots.py [--checkpoint PATH] [--data SPEC]
 
-Serves the app on a free local port, opens each state in headless Chromium and saves a full-page PNG.
+Serves the app on a free local port, opens each state in headless Chromium (1280 px wide) and saves a
+full-page PNG, reduced to a 256-colour palette so that each file stays small (about 200 KB or less).
 """
 
 from __future__ import annotations
@@ -15,6 +16,26 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from browser_utils import HEATMAP_TITLE_JS, browser_page, served_app  # noqa: E402
+
+
+def save(page, path: Path, full_page: bool = True) -> None:
+    """Screenshot ``page`` into ``path`` as a palette PNG (UI colours survive a 256-colour palette)."""
+    import io
+
+    from PIL import Image
+
+    png = page.screenshot(full_page=full_page)  # the template scrolls its main area: size the viewport
+    img = Image.open(io.BytesIO(png)).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+    img.save(path, optimize=True)
+    print("wrote", path, f"{path.stat().st_size / 1024:.0f} KB")
+
+
+def wait_until_done(page, needle: str) -> None:
+    page.wait_for_selector("text=computed in", timeout=600_000)
+    page.wait_for_function(HEATMAP_TITLE_JS, arg=needle, timeout=60_000)
+    page.wait_for_selector("text=Simulating every day", state="detached", timeout=600_000)
+    page.wait_for_selector("text=Ridge probe, all", state="attached", timeout=600_000)
+    page.wait_for_timeout(1500)
 
 STATES = [
     ("01_window_snow_cell", "?mode=window&date=2009-03-15", "window ending 2009-03-15"),
@@ -44,24 +65,20 @@ def main(argv=None) -> int:
     (broken / "weights.safetensors").write_bytes(b"truncated")
     try:
         with served_app(checkpoints=[ckpt, broken], data=[args.data] if args.data else []) as (url, _, _):
-            with browser_page(viewport=(1600, 1000)) as page:
+            with browser_page(viewport=(1280, 1760)) as page:
                 for name, query, needle in STATES:
-                    page.goto(url + query)
-                    page.wait_for_selector("text=computed in", timeout=600_000)
-                    page.wait_for_function(HEATMAP_TITLE_JS, arg=needle, timeout=60_000)
-                    page.wait_for_timeout(2500)
-                    page.screenshot(path=str(out / f"{name}.png"), full_page=True)
-                    print("wrote", out / f"{name}.png")
-                page.goto(url + "?mode=window&date=2009-03-15")
-                page.wait_for_selector("text=computed in", timeout=600_000)
+                    page.goto(url + query, timeout=300_000)
+                    wait_until_done(page, needle)
+                    save(page, out / f"{name}.png")
+                page.goto(url + "?mode=window&date=2009-03-15", timeout=300_000)
+                wait_until_done(page, "window ending 2009-03-15")
                 page.get_by_text("Gate input weights").first.click()
                 page.wait_for_timeout(2000)
-                page.screenshot(path=str(out / "05_gate_weights.png"), full_page=True)
-                page.goto(url + f"?checkpoint={broken.name}")
+                save(page, out / "05_gate_weights.png")
+                page.goto(url + f"?checkpoint={broken.name}", timeout=300_000)
                 page.get_by_text("not a readable safetensors file").first.wait_for(timeout=60_000)
                 page.wait_for_timeout(1000)
-                page.screenshot(path=str(out / "06_broken_checkpoint.png"), full_page=False)
-                print("wrote gate weights and error screenshots")
+                save(page, out / "06_broken_checkpoint.png", full_page=False)
     finally:
         for f in broken.iterdir():
             f.unlink()

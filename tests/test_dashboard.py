@@ -156,7 +156,7 @@ def test_window_mode_opens_on_the_selected_days_window(ckpt_dir, basin):
     t = ex.plot_sources()["series"]["time"]
     assert pd.Timestamp(t[-1], unit="ms") == pd.Timestamp("2002-01-20") and len(t) == 365
     assert ex._xr.end - ex._xr.start == pytest.approx(365 * 86_400_000)
-    assert ex._days[ex._player.value] == pd.Timestamp("2002-01-20")
+    assert ex._days[ex._player.value] == pd.Timestamp("2002-01-20") == ex._days[ex._player.value_throttled]
     assert ex._slider.value == dt.date(2002, 1, 20)
     # the simulation has finished: the legend and the progress bar no longer say it is running
     assert ex._sim_ready and ex._sim_item.label.value == "LSTM"

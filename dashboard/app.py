@@ -29,6 +29,7 @@ log = logging.getLogger("xaiscope.dashboard")
 # --- the views: one line each --------------------------------------------------------------------------
 register_view("cells", "LSTM cell states (rainfall-runoff)", CellStateExplorer,
               "What the hydrology LSTM stores in its cells: snow, soil water, seasonality.")
+import xaiscope.dashboard.enso  # noqa: E402,F401 - registers the ENSO view
 
 URL_KEYS = {"mode": "mode", "date": "date", "layer": "layer", "gate": "internal", "cells": "cells"}
 

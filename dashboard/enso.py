@@ -549,3 +549,9 @@ class EnsoExplorer(pn.viewable.Viewer):
                                         max_width=500)),
                 dynamic=True, sizing_mode="stretch_width"),
             sizing_mode="stretch_width", css_classes=["xs-enso"])
+
+
+from xaiscope.dashboard.registry import register_view  # noqa: E402
+
+register_view("enso", "ENSO forecasts (ConvLSTM)", EnsoExplorer,
+              "ConvLSTM Niño 3.4 forecasts on maps against persistence and a linear inverse model.")

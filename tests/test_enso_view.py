@@ -230,7 +230,7 @@ def test_browser_scrub_and_switch_leads(tmp_path):
         pytest.skip("needs /usr/bin/chromium")
     with served_app(log_path=tmp_path / "server.log", timeout=180) as (url, _, log):
         with browser_page() as page:
-            page.goto(url + "?view=enso&start=2015-11&lead=3")
+            page.goto(url + "?view=enso&start=2015-11&lead=3", timeout=240_000)
             page.wait_for_function(
                 "(t) => { const f = " + TITLES_JS + "; return f().some(s => s.includes(t)); }",
                 arg="ConvLSTM forecast for 2016-02 (lead 3)", timeout=240_000)
@@ -238,10 +238,12 @@ def test_browser_scrub_and_switch_leads(tmp_path):
             page.wait_for_function(
                 "(t) => { const f = " + TITLES_JS + "; return f().some(s => s.includes(t)); }",
                 arg="ConvLSTM forecast for 2015-12 (lead 1)", timeout=60_000)
-            for _ in range(2):  # the player's step-forward button
-                page.locator(".pn-player .fa-step-forward, .bk-btn-group button[title*='Step']").first.click() \
-                    if page.locator(".pn-player").count() else None
-            page.goto(url + "?view=enso&start=2016-06&lead=6")
+            page.locator(".noUi-handle").first.focus()  # the start-month slider: one month on
+            page.keyboard.press("ArrowRight")
+            page.wait_for_function(
+                "(t) => { const f = " + TITLES_JS + "; return f().some(s => s.includes(t)); }",
+                arg="ConvLSTM forecast for 2016-01 (lead 1)", timeout=60_000)
+            page.goto(url + "?view=enso&start=2016-06&lead=6", timeout=240_000)
             page.wait_for_function(
                 "(t) => { const f = " + TITLES_JS + "; return f().some(s => s.includes(t)); }",
                 arg="ConvLSTM forecast for 2016-12 (lead 6)", timeout=240_000)

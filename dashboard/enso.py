@@ -31,6 +31,7 @@ import param
 import xarray as xr
 
 import cartopy.crs as ccrs
+from bokeh.models import CustomJSTickFormatter
 import cartopy.io
 import geoviews as gv
 import geoviews.plotting.bokeh  # noqa: F401 - registers the GeoViews Bokeh plots
@@ -78,10 +79,38 @@ def coastline_geometries(scale: str = "110m") -> tuple:
     return tuple(shape(f["geometry"]) for f in feats)
 
 
+def to_plot_frame(lines) -> list[np.ndarray]:
+    """Lines in lon/lat (-180..180) → (x, y) arrays in the plot frame x = lon - 180 (mod 360, in -180..180),
+    split where a line crosses the frame's edge (the Greenwich meridian)."""
+    out = []
+    for line in lines:
+        geoms = getattr(line, "geoms", [line])
+        for g in geoms:
+            xy = np.asarray(g.coords, dtype=float)
+            x = (xy[:, 0] + 360.0) % 360.0 - 180.0
+            cuts = np.flatnonzero(np.abs(np.diff(x)) > 180.0) + 1
+            for seg_x, seg_y in zip(np.split(x, cuts), np.split(xy[:, 1], cuts)):
+                if len(seg_x) > 1:
+                    out.append(np.column_stack([seg_x, seg_y]))
+    return out
+
+
 @lru_cache(maxsize=2)
 def _coast_path(scale: str = "110m"):
-    """Coastlines in the plot frame (projected once)."""
-    return gv.Path(list(coastline_geometries(scale)), crs=DATA_CRS).opts(color="#333333", line_width=0.8)
+    """Coastlines in the plot frame (shifted once, like the maps and the Niño 3.4 box)."""
+    return gv.Path(to_plot_frame(coastline_geometries(scale)), crs=CRS).opts(color="#333333", line_width=0.8)
+
+
+# Tick labels in real longitudes (°E/°W) although the frame's x is lon − 180.
+LON_TICKS = CustomJSTickFormatter(code="""
+    const lon = ((tick + 180 + 540) % 360) - 180;
+    if (Math.abs(lon) < 1e-6 || Math.abs(Math.abs(lon) - 180) < 1e-6) { return Math.abs(lon).toFixed(0) + "°"; }
+    return Math.abs(lon).toFixed(0) + (lon < 0 ? "°W" : "°E");
+""")
+LAT_TICKS = CustomJSTickFormatter(code="""
+    if (Math.abs(tick) < 1e-6) { return "0°"; }
+    return Math.abs(tick).toFixed(0) + (tick < 0 ? "°S" : "°N");
+""")
 
 
 def _nino_box():
@@ -460,7 +489,8 @@ class EnsoExplorer(pn.viewable.Viewer):
 
     def _geo(self, dmap, height=230):
         return (dmap * _coast_path() * _nino_box()).opts(projection=CRS, responsive=True, height=height,
-                                                          xlabel="", ylabel="")
+                                                          xlabel="", ylabel="", xformatter=LON_TICKS,
+                                                          yformatter=LAT_TICKS)
 
     def __panel__(self):
         if self.hc is None:
@@ -509,7 +539,8 @@ class EnsoExplorer(pn.viewable.Viewer):
         shade = (hv.HSpan(0.5, 4).opts(color="#d62728", alpha=0.08) *
                  hv.HSpan(-4, -0.5).opts(color="#1f77b4", alpha=0.08))
         series = (shade * obs_curve * self._dmap(self.marker_element, ["start"])).opts(
-            responsive=True, height=300, legend_position="top_left", ylim=(-3, 3.5))
+            responsive=True, height=300, legend_position="top_left", ylim=(-3, 3.5), xlabel="verifying month",
+            ylabel="Niño 3.4 anomaly (°C)")
 
         table = pn.widgets.Tabulator(self.skill_frame().round(3), disabled=True, show_index=False,
                                      sizing_mode="stretch_width", height=280)

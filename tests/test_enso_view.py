@@ -250,3 +250,27 @@ def test_browser_scrub_and_switch_leads(tmp_path):
             page.wait_for_timeout(1000)
             assert page.external_requests == []
             assert page.console_errors == [], page.console_errors
+
+
+def test_coastlines_line_up_with_the_land_of_the_maps(view):
+    """Coastline vertices, in the same plot frame as the map images, fall next to land cells of the map."""
+    from xaiscope.dashboard import enso
+
+    img = view._image(view.input_maps().isel(time=0).rename("sst_anomaly"), "t")
+    xs, ys = img.dimension_values(0, expanded=False), img.dimension_values(1, expanded=False)
+    land = view.hc.ds["land_mask"].values.astype(bool)  # (lat, lon) on the image's grid
+    assert land.shape == (len(ys), len(xs))
+    pts = np.concatenate(enso.to_plot_frame(enso.coastline_geometries("110m")))
+    pts = pts[(pts[:, 1] > ys.min()) & (pts[:, 1] < ys.max())]
+    # nearest grid cell, with a one-cell margin either way (5° cells, coastlines lie on cell edges)
+    ix = np.abs(((pts[:, :1] - xs[None, :]) + 180) % 360 - 180).argmin(1)
+    iy = np.abs(pts[:, 1:] - ys[None, :]).argmin(1)
+    near = np.zeros(len(pts), bool)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            near |= land[np.clip(iy + dy, 0, len(ys) - 1), (ix + dx) % len(xs)]
+    assert near.mean() > 0.8, near.mean()  # 0.87 when right; 0.51 with the frame shift forgotten
+    # and the frame is shifted by 180°: the Greenwich meridian sits at the frame's edges
+    cape = enso.to_plot_frame([__import__("shapely.geometry", fromlist=["LineString"]).LineString(
+        [(18.5, -34.4), (20.0, -34.8)])])[0]
+    assert cape[0, 0] == pytest.approx(18.5 - 180)

@@ -18,7 +18,7 @@ from xaiscope.core import analysis, hydro
 from xaiscope.core.checkpoint import Checkpoint
 from xaiscope.dashboard.sources import LRUCache
 
-GATES = ("c", "h", "i", "f", "g", "o")
+GATES = hydro.STATE_NAMES  # c, h, i, f, g, o
 GATE_LABELS = {
     "c": "cell state c",
     "h": "hidden state h",

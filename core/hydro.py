@@ -91,29 +91,28 @@ def open_basin_data(spec: str | Path | None = None, basin: str | None = None) ->
 
 
 # ------------------------------------------------------------------------------------------ inputs
-def _stats(ckpt: Checkpoint, var: str) -> tuple[float, float]:
+def _mean_std(stats: dict, var: str, source: str) -> tuple[float, float]:
+    """Mean and std of ``var`` from normalisation ``stats`` ({var: {"mean", "std"}}) that come from ``source``."""
     try:
-        s = ckpt.manifest["normalisation"][var]
-        return float(s["mean"]), float(s["std"])
+        return float(stats[var]["mean"]), float(stats[var]["std"])
     except (KeyError, TypeError) as err:
         raise XaiscopeError(
-            f"checkpoint {ckpt.path} has no normalisation statistics for {var!r}; re-train or add them to its manifest."
+            f"{source} has no normalisation statistics for {var!r}; re-train or add them to its manifest."
         ) from err
 
 
-def _normalise_columns(ds: xr.Dataset, names, stats: dict, what: str = "input") -> np.ndarray:
-    """Columns ``names`` of ``ds`` normalised with ``stats`` ({var: {"mean", "std"}}): (T, n) float32, all finite."""
+def _normalise_columns(ds: xr.Dataset, names, stats: dict, what: str = "input",
+                       source: str = "the training run") -> np.ndarray:
+    """Columns ``names`` of ``ds`` normalised with ``stats`` from ``source``: (T, n) float32, all finite."""
     missing = [v for v in names if v not in ds.data_vars]
     if missing:
         raise XaiscopeError(
-            f"the data lack {what} variable(s) {missing} (needed: {list(names)}; the data have {sorted(ds.data_vars)})."
+            f"the data lack {what} variable(s) {missing} that {source} needs (it needs {list(names)}; the data have "
+            f"{sorted(ds.data_vars)})."
         )
     cols = []
     for v in names:
-        try:
-            mean, std = float(stats[v]["mean"]), float(stats[v]["std"])
-        except (KeyError, TypeError) as err:
-            raise XaiscopeError(f"no normalisation statistics for {v!r}; re-train or add them to the manifest.") from err
+        mean, std = _mean_std(stats, v, source)
         cols.append((ds[v].values.astype(np.float64) - mean) / (std if std > 0 else 1.0))
     x = np.stack(cols, axis=-1).astype(np.float32)
     bad = ~np.isfinite(x)
@@ -128,18 +127,13 @@ def _normalise_columns(ds: xr.Dataset, names, stats: dict, what: str = "input") 
 
 def normalised_inputs(ckpt: Checkpoint, ds: xr.Dataset) -> np.ndarray:
     """The checkpoint's inputs from ``ds`` in the checkpoint's order, normalised with its statistics: (T, n)."""
-    missing = [v for v in ckpt.inputs if v not in ds.data_vars]
-    if missing:
-        raise XaiscopeError(
-            f"the data lack input variable(s) {missing} that checkpoint {ckpt.path.name} was trained on "
-            f"(it needs {ckpt.inputs}; the data have {sorted(ds.data_vars)})."
-        )
-    return _normalise_columns(ds, ckpt.inputs, ckpt.manifest.get("normalisation", {}))
+    return _normalise_columns(ds, ckpt.inputs, ckpt.manifest.get("normalisation", {}),
+                              source=f"checkpoint {ckpt.path.name}")
 
 
 def _denormalise(ckpt: Checkpoint, y: np.ndarray) -> np.ndarray:
     target = ckpt.manifest.get("target", "qobs")
-    mean, std = _stats(ckpt, target)
+    mean, std = _mean_std(ckpt.manifest.get("normalisation", {}), target, f"checkpoint {ckpt.path}")
     return y * std + mean
 
 

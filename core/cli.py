@@ -140,7 +140,7 @@ def _cmd_serve(args) -> int:
     from xaiscope.dashboard.app import serve
 
     serve(port=args.port, address=args.address, checkpoints=args.checkpoint or [], data=args.data or [],
-          device=args.device, show=args.show)
+          device=args.device, show=args.show, allowed_roots=args.allow_root or [])
     return 0
 
 
@@ -283,6 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", action="append", help="extra checkpoint(s) to offer (repeatable)")
     p.add_argument("--data", action="append", help="extra data to offer (repeatable): " + DATA_HELP)
     p.add_argument("--show", action="store_true", help="open a browser tab")
+    p.add_argument("--allow-root", action="append", metavar="DIR",
+                   help="a folder whose files a path typed into the app may open (repeatable; also "
+                        "$XAISCOPE_ALLOWED_ROOTS, os.pathsep-separated). Always allowed: the shipped assets, the "
+                        "working directory, the cache folder and the folders of --checkpoint/--data")
     _add_device(p)
     p.set_defaults(func=_cmd_serve)
 

@@ -1,10 +1,6 @@
 """Error types of the core. Every message says what is wrong and how to fix it."""
 
-from xaiscope.data.errors import DataError, DataFileError, UnknownBasinError
-
-
-class XaiscopeError(Exception):
-    """Base class of errors a user can cause (bad file, bad option, mismatched inputs)."""
+from xaiscope.data.errors import DataError, DataFileError, DataParameterError, UnknownBasinError, XaiscopeError
 
 
 class CheckpointError(XaiscopeError, ValueError):
@@ -18,9 +14,13 @@ class UnknownModelError(CheckpointError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class PathNotAllowedError(XaiscopeError):
+    """A path typed into the app that lies outside the folders the app may open (see :mod:`xaiscope.core.paths`)."""
+
+
 USER_ERRORS = (XaiscopeError, DataError)
 
 __all__ = [
-    "XaiscopeError", "CheckpointError", "UnknownModelError",
-    "DataError", "DataFileError", "UnknownBasinError", "USER_ERRORS",
+    "XaiscopeError", "CheckpointError", "UnknownModelError", "PathNotAllowedError",
+    "DataError", "DataFileError", "DataParameterError", "UnknownBasinError", "USER_ERRORS",
 ]

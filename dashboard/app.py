@@ -62,10 +62,10 @@ def _configure_extension() -> None:
 
 
 def create_app(checkpoints: Sequence | None = None, data: Sequence | None = None, device: str | None = None,
-               state: AppState | None = None) -> pn.template.BaseTemplate:
+               state: AppState | None = None, allowed_roots: Sequence | None = None) -> pn.template.BaseTemplate:
     """Build one app page (one per browser session). Arguments as in :func:`serve`."""
     _configure_extension()
-    state = state or AppState(checkpoints=checkpoints, data=data, device=device)
+    state = state or AppState(checkpoints=checkpoints, data=data, device=device, allowed_roots=allowed_roots)
     shell = AppShell(view=next(iter(VIEWS)))
     shell.param.view.objects = list(VIEWS)
     args = pn.state.session_args or {}
@@ -92,6 +92,10 @@ def create_app(checkpoints: Sequence | None = None, data: Sequence | None = None
 
     def show_view(*_):
         main.objects = [get_view(shell.view)]
+        # the checkpoint / basin pickers drive the shared state: shown only for views that use them
+        uses = bool(getattr(VIEWS[shell.view].factory, "uses_sidebar_pickers", True))
+        for w in pickers:
+            w.visible = uses
 
     view_w = pn.widgets.RadioBoxGroup(name="View", options={s.title: k for k, s in VIEWS.items()},
                                       value=shell.view)
@@ -106,6 +110,7 @@ def create_app(checkpoints: Sequence | None = None, data: Sequence | None = None
     present_w.link(shell, value="presentation", bidirectional=True)
     state_error = pn.pane.Alert("", alert_type="danger", visible=False)
     busy = pn.indicators.LoadingSpinner(value=False, size=24, name="", visible=False)
+    pickers_md, pickers_div = pn.pane.Markdown("#### Model and data"), pn.layout.Divider()
 
     def on_open(_):
         path = (path_w.value or "").strip()
@@ -113,7 +118,8 @@ def create_app(checkpoints: Sequence | None = None, data: Sequence | None = None
             state_error.param.update(object="Type the path of a checkpoint folder or file first.", visible=True)
             return
         state_error.visible = False
-        state.add_checkpoint(path)
+        if state.add_checkpoint(path) is None:  # outside the allowed folders, or not a loadable checkpoint
+            state_error.param.update(object=state.error, visible=True)
 
     open_btn.on_click(on_open)
 
@@ -125,6 +131,7 @@ def create_app(checkpoints: Sequence | None = None, data: Sequence | None = None
     def on_loading(event):
         busy.param.update(value=event.new, visible=event.new)
 
+    pickers = [pickers_md, ckpt_w, data_w, pickers_div, path_w, open_btn]
     shell.param.watch(on_presentation, "presentation")
     shell.param.watch(show_view, "view")
     state.param.watch(on_loading, "loading")
@@ -136,8 +143,8 @@ def create_app(checkpoints: Sequence | None = None, data: Sequence | None = None
 
     sidebar = [
         pn.pane.Markdown("#### View"), view_w,
-        pn.pane.Markdown("#### Model and data"), ckpt_w, data_w, busy, state_error,
-        pn.layout.Divider(), path_w, open_btn,
+        pickers_md, ckpt_w, data_w, busy, state_error,
+        pickers_div, path_w, open_btn,
         pn.layout.Divider(), present_w,
         pn.pane.Markdown(
             "<small>Everything runs on this machine; the page fetches nothing from the internet. "
@@ -169,8 +176,12 @@ def _origins(address: str, port: int) -> list[str]:
 
 def serve(port: int = 5006, address: str = "127.0.0.1", checkpoints: Sequence[str | Path] = (),
           data: Sequence[str | Path] = (), device: str | None = None, show: bool = False, threaded: bool = False,
-          torch_threads: int | None = 1, **kwargs):
+          torch_threads: int | None = 1, allowed_roots: Sequence[str | Path] = (), **kwargs):
     """Serve the app (blocking unless ``threaded``).
+
+    A path typed into the page must lie in an allowed root: the defaults of
+    :meth:`xaiscope.core.paths.AllowedRoots.for_app` (assets, working directory, cache folder, the folders of
+    ``checkpoints`` and ``data``, ``$XAISCOPE_ALLOWED_ROOTS``) plus ``allowed_roots`` (``--allow-root``).
 
     ``checkpoints`` are offered before the demo checkpoints; ``data`` specs before the demo and synthetic basins
     (see :func:`xaiscope.dashboard.sources.parse_data_spec`). Returns the server (threaded) or blocks.
@@ -185,9 +196,13 @@ def serve(port: int = 5006, address: str = "127.0.0.1", checkpoints: Sequence[st
     ck = [str(Path(c).expanduser()) for c in checkpoints]
     ck += [p for p in default_checkpoints().values() if p not in ck]
     data = list(data)
+    from xaiscope.core.paths import AllowedRoots
+
+    roots = AllowedRoots.for_app(paths=[*ck, *data], extra=allowed_roots)  # resolved once, at start-up
+    log.info("paths typed into the app may lie in: %s", roots.describe())
 
     def page():
-        return create_app(checkpoints=ck, data=data, device=device)
+        return create_app(checkpoints=ck, data=data, device=device, allowed_roots=roots)
 
     log.info("xaiscope app on http://%s:%d/", address, port)
     return pn.serve(page, port=port, address=address, show=show, title="xaiscope", threaded=threaded,
@@ -199,6 +214,7 @@ def _argv_options(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--checkpoint", action="append", default=[])
     p.add_argument("--data", action="append", default=[])
     p.add_argument("--device", default=None)
+    p.add_argument("--allow-root", action="append", default=[])
     return p.parse_known_args(list(argv))[0]
 
 
@@ -208,4 +224,4 @@ if pn.state.served:  # `panel serve dashboard/app.py [--args ...]`
     from xaiscope.dashboard.sources import default_checkpoints as _defaults
 
     _ck = list(_opts.checkpoint) + [p for p in _defaults().values() if p not in _opts.checkpoint]
-    create_app(checkpoints=_ck, data=_opts.data, device=_opts.device).servable()
+    create_app(checkpoints=_ck, data=_opts.data, device=_opts.device, allowed_roots=_opts.allow_root).servable()

@@ -125,11 +125,13 @@ def _camels_basins(folder: Path) -> list[str]:
     return ids
 
 
-def parse_data_spec(spec: str | Path) -> list[DataSource]:
+def parse_data_spec(spec: str | Path, roots=None) -> list[DataSource]:
     """Turn one ``--data`` value into data sources.
 
     Accepted: ``demo``; ``synthetic`` or ``synthetic:SEED``; ``FOLDER#BASIN`` (a CAMELS-US folder and a basin
     id); ``FOLDER`` (every basin of its ``basin_list.txt``); a forcing ``.txt`` file; a NetCDF basin file.
+    ``roots`` (an :class:`~xaiscope.core.paths.AllowedRoots`, for specs typed into the app) confines the path:
+    outside them :class:`~xaiscope.core.errors.PathNotAllowedError`.
     """
     text = str(spec).strip()
     if text in ("", "demo"):
@@ -141,7 +143,7 @@ def parse_data_spec(spec: str | Path) -> list[DataSource]:
         return [DataSource(f"Synthetic snowy basin (seed {seed})", f"synthetic:{seed}",
                            lambda s=seed: _open_spec(f"synthetic:{s}"))]
     path_text, _, basin = text.partition("#")
-    path = Path(path_text).expanduser()
+    path = Path(path_text).expanduser() if roots is None else roots.confine(path_text)
     if not path.exists():
         raise XaiscopeError(
             f"--data {text!r}: {path} does not exist. Give a CAMELS-US folder (optionally FOLDER#BASIN_ID), a "

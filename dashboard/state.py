@@ -16,6 +16,7 @@ import xarray as xr
 
 from xaiscope.core.checkpoint import Checkpoint
 from xaiscope.core.errors import USER_ERRORS, XaiscopeError
+from xaiscope.core.paths import AllowedRoots
 from xaiscope.dashboard.sources import (
     DataSource, checkpoint_label, dataset_key, default_checkpoints, default_sources, parse_data_spec,
 )
@@ -39,6 +40,10 @@ class AppState(param.Parameterized):
     data : ``--data`` specs (see :func:`~xaiscope.dashboard.sources.parse_data_spec`) or ``xr.Dataset`` objects;
         the demo and synthetic basins are always offered after them.
     device : torch device preference (``None``: automatic).
+    allowed_roots : the folders a path typed into the app may lie in (see :mod:`xaiscope.core.paths`): an
+        :class:`~xaiscope.core.paths.AllowedRoots`, or extra folders (``--allow-root``) added to the defaults
+        (assets, working directory, cache folder, the folders of ``checkpoints`` and ``data``,
+        ``$XAISCOPE_ALLOWED_ROOTS``). The ``checkpoints`` and ``data`` given here are trusted (command line).
     """
 
     checkpoint = param.Selector(default=None, objects=[], allow_None=True, doc="label of the open checkpoint")
@@ -51,7 +56,13 @@ class AppState(param.Parameterized):
     error = param.String(default="", doc="last loading error, shown by the views")
     loading = param.Boolean(default=False)
 
-    def __init__(self, checkpoints=None, data=None, device: str | None = None, **params):
+    def __init__(self, checkpoints=None, data=None, device: str | None = None, allowed_roots=None, **params):
+        if not isinstance(allowed_roots, AllowedRoots):
+            given = [c for c in (checkpoints if isinstance(checkpoints, (list, tuple)) else [checkpoints])]
+            given += list(data) if isinstance(data, (list, tuple)) else [data]
+            extra = [allowed_roots] if isinstance(allowed_roots, (str, Path)) else list(allowed_roots or ())
+            allowed_roots = AllowedRoots.for_app(paths=given, extra=extra)
+        self.allowed_roots = allowed_roots
         self._checkpoint_objects: dict[str, Any] = {}
         self._sources: dict[str, DataSource] = {}
         self._setup_errors: list[str] = []
@@ -126,8 +137,40 @@ class AppState(param.Parameterized):
     def sources(self) -> dict[str, DataSource]:
         return dict(self._sources)
 
-    def add_checkpoint(self, path: str | Path | Checkpoint, select: bool = True) -> str:
-        """Offer another checkpoint (and open it)."""
+    def add_data(self, spec: str | Path, select: bool = True) -> str | None:
+        """Offer basin data typed into the app (a path confined to :attr:`allowed_roots`, ``demo`` or
+        ``synthetic[:SEED]``); return its label, or ``None`` with the message in ``error``."""
+        try:
+            sources = parse_data_spec(spec, roots=self.allowed_roots)
+        except Exception as err:  # noqa: BLE001
+            log.warning("cannot add data %r: %s", spec, err, exc_info=not isinstance(err, USER_ERRORS))
+            self.error = f"Data {str(spec)[:300]!r}: {describe_error(err)}"
+            return None
+        for src in sources:
+            self._sources[src.label] = src
+        self.param.dataset.objects = list(self._sources)
+        label = sources[0].label
+        if select:
+            self.dataset = label
+        return label
+
+    def add_checkpoint(self, path: str | Path | Checkpoint, select: bool = True) -> str | None:
+        """Offer another checkpoint (and open it); return its label.
+
+        A path (typed into the app) must lie inside :attr:`allowed_roots` and hold a checkpoint that loads;
+        otherwise the message goes to ``error``, nothing is added, the open checkpoint stays open and ``None`` is
+        returned.
+        """
+        if not isinstance(path, Checkpoint):
+            from xaiscope.core.hydro import load_hydro
+
+            try:
+                path = str(self.allowed_roots.confine(path))
+                load_hydro(path)
+            except Exception as err:  # noqa: BLE001 - any failure must reach the user, not kill the app
+                log.warning("cannot add checkpoint %r: %s", path, err, exc_info=not isinstance(err, USER_ERRORS))
+                self.error = f"Checkpoint {str(path)[:300]!r}: {describe_error(err)}"
+                return None
         before = set(self._checkpoint_objects)
         self._collect_checkpoints([path])
         new = [k for k in self._checkpoint_objects if k not in before] or [

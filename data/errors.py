@@ -1,7 +1,15 @@
 """Error types of the data layer. Every message says what is wrong and how to fix it."""
 
 
-class DataError(ValueError):
+class XaiscopeError(Exception):
+    """Base class of errors a user can cause (bad file, bad option, mismatched inputs).
+
+    Defined here, at the bottom of the package, so that the data layer (which never imports the core) and the
+    core (:mod:`xaiscope.core.errors` re-exports it) share one root: ``except XaiscopeError`` catches both.
+    """
+
+
+class DataError(XaiscopeError, ValueError):
     """A data file or dataset that xaiscope cannot use as it is."""
 
 

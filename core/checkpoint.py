@@ -5,7 +5,9 @@ A checkpoint is either
 * a directory holding ``weights.safetensors`` and ``manifest.json`` (what xaiscope writes), or
 * a single ``.safetensors`` file whose metadata carries the manifest under ``xaiscope.manifest``, or
 * a ``.pt``/``.pth`` state dict, read with ``torch.load(weights_only=True)``, with the manifest in a
-  ``manifest.json`` beside it or a sidecar ``<name>.json``.
+  ``manifest.json`` beside it or a sidecar ``<name>.json``, or
+* a neuralhydrology run directory (``config.yml`` + ``model_epochNNN.pt`` + ``train_data/train_data_scaler.yml``)
+  or one of its ``model_epochNNN.pt`` files: see :mod:`xaiscope.core.interop_nh`.
 
 A *series* (what training writes, one checkpoint per epoch, for TracIn) is a directory of checkpoint
 directories ``epoch_001``, ``epoch_002``, … each with its own manifest (epoch, learning rate).
@@ -245,6 +247,10 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
     ``verify`` checks the weights file against the sha256 recorded in the manifest.
     """
     path = Path(path).expanduser()
+    from xaiscope.core import interop_nh
+
+    if interop_nh.is_nh_run(path):
+        return interop_nh.load_nh_checkpoint(path)
     weights, manifest_path, fmt = _resolve(path)
     digest = sha256_file(weights)
     if fmt == "pt":
@@ -280,6 +286,10 @@ def list_series(run_dir: str | Path) -> list[Path]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir}: not a directory; a checkpoint series is a folder of epoch_NNN folders.")
+    from xaiscope.core import interop_nh
+
+    if interop_nh.is_nh_run(run_dir):
+        return interop_nh.epoch_files(run_dir)  # neuralhydrology: model_epochNNN.pt files
     found = []
     for p in run_dir.iterdir():
         m = re.fullmatch(r"epoch_(\d+)", p.name)

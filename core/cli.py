@@ -59,11 +59,18 @@ def _cmd_train_sst_qoi(args) -> int:
 
 
 # --------------------------------------------------------------------------------------------- states
+def _basin(args, ckpt):
+    """--basin, else (for a CAMELS folder) the checkpoint's own basin, e.g. of a neuralhydrology run."""
+    if args.basin is None and args.data and Path(str(args.data)).expanduser().is_dir():
+        return (ckpt.manifest.get("data") or {}).get("basin_id")
+    return args.basin
+
+
 def _cmd_states(args) -> int:
     from xaiscope.core import hydro
 
     ckpt = hydro.load_hydro(args.checkpoint)
-    ds = hydro.open_basin_data(args.data, args.basin)
+    ds = hydro.open_basin_data(args.data, _basin(args, ckpt))
     if args.continuous:
         out = hydro.continuous_states(ckpt, ds, args.start, args.end, device=args.device)
     else:
@@ -85,7 +92,7 @@ def _cmd_evaluate(args) -> int:
     from xaiscope.core import hydro
 
     ckpt = hydro.load_hydro(args.checkpoint)
-    ds = hydro.open_basin_data(args.data, args.basin)
+    ds = hydro.open_basin_data(args.data, _basin(args, ckpt))
     start = args.start or ckpt.manifest.get("test_period", [None, None])[0]
     end = args.end or ckpt.manifest.get("test_period", [None, None])[1]
     sim = hydro.simulate(ckpt, ds, start, end, device=args.device)
@@ -124,13 +131,33 @@ def _cmd_info(args) -> int:
     if "test_metrics" in m:
         t = m["test_metrics"]
         print(f"  test NSE {t.get('nse', float('nan')):.3f}  KGE {t.get('kge', float('nan')):.3f}")
+    if "neuralhydrology" in m:
+        nh = m["neuralhydrology"]
+        print(f"  neuralhydrology run {nh.get('run_dir')}: model {nh.get('model')}, dynamic_inputs "
+              f"{nh.get('dynamic_inputs')}, target {nh.get('target_variables')}")
     return 0
 
 
 def _cmd_export(args) -> int:
     from xaiscope.core.checkpoint import export_safetensors, load_checkpoint
 
-    out = export_safetensors(load_checkpoint(args.checkpoint), args.out)
+    items = list(args.items)
+    fmt = items.pop(0) if items[0] in ("torchscript", "safetensors") and len(items) > 1 else "safetensors"
+    if len(items) == 2 and args.out is None:
+        items, args.out = items[:1], items[1]
+    if len(items) != 1 or not args.out:
+        raise SystemExit("xaiscope export: error: give CHECKPOINT --out FILE.safetensors, or "
+                         "torchscript CHECKPOINT OUT.pt")
+    if fmt == "torchscript":
+        from xaiscope.core.export import export_torchscript
+
+        res = export_torchscript(items[0], args.out, sequence=args.sequence, tolerance=args.tolerance)
+        print(f"wrote {res.path} (TorchScript, {res.kind}): input {list(res.input_shape)} -> output "
+              f"{list(res.output_shape)} on the sample; raw units in, physical units out")
+        print(f"max abs difference to the Python model on seeded sample inputs: {res.max_abs_diff:.3g} "
+              f"(tolerance {res.tolerance:g})")
+        return 0
+    out = export_safetensors(load_checkpoint(items[0]), args.out)
     print(f"wrote {out} (weights and manifest in one safetensors file)")
     return 0
 
@@ -271,9 +298,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_info)
 
     # export
-    p = sub.add_parser("export", help="export a checkpoint as one self-describing .safetensors file")
-    p.add_argument("checkpoint")
-    p.add_argument("--out", required=True)
+    p = sub.add_parser(
+        "export", help="export a checkpoint: one self-describing .safetensors file, or TorchScript (C++, FTorch)",
+        usage="xaiscope export CHECKPOINT --out FILE.safetensors\n"
+              "       xaiscope export torchscript CHECKPOINT OUT.pt [--sequence] [--tolerance 1e-4]",
+        description="safetensors: weights and manifest in one file. torchscript: a module that takes raw inputs in "
+                    "the manifest's physical units and returns physical outputs (normalisation baked in), for "
+                    "torch.jit.load / FTorch's torch_model_load; checked against the Python model on seeded sample "
+                    "inputs (the max difference is printed; above --tolerance nothing is written). Exports "
+                    "hydro_lstm (also neuralhydrology runs) and sst_qoi_mlp checkpoints.")
+    p.add_argument("items", nargs="+", metavar="[FORMAT] CHECKPOINT [OUT]",
+                   help="FORMAT: safetensors (default) or torchscript")
+    p.add_argument("--out", default=None, help="output file")
+    p.add_argument("--sequence", action="store_true",
+                   help="torchscript, hydro: output every day [batch, time, n_out] instead of the last day")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="torchscript: largest accepted difference to the Python model (default 1e-4)")
     p.set_defaults(func=_cmd_export)
 
     # serve

@@ -346,6 +346,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="projection seed")
     p.add_argument("--data", default=None, help="the run's data (default: the bundled demo data of its kind)")
     p.add_argument("--batch-size", type=int, default=None, help="examples per gradient batch")
+    p.add_argument("--scheduler", default=None, metavar="local|ADDRESS",
+                   help="run the chunks on Dask: 'local' starts a LocalCluster on this machine, tcp://HOST:8786 uses "
+                        "a running scheduler (workers need xaiscope and write access to --out). Default: in this "
+                        "process")
+    p.add_argument("--workers", type=int, default=None, help="worker processes of --scheduler local (default 2)")
+    p.add_argument("--chunk-rows", type=int, default=None,
+                   help="training examples per chunk / Dask task (default 1024)")
+    p.add_argument("--store-format", choices=("zarr", "npy"), default="zarr",
+                   help="zarr (default; --out may be a shared folder or an fsspec URL such as s3://bucket/store) "
+                        "or npy (the older memory-mapped form, in-process only)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_precompute_influence)
     return parser

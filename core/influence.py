@@ -629,21 +629,86 @@ def self_influence(run, train: Examples | tuple, method: str = "exact", layers=N
 
 
 # ---------------------------------------------------------------------------------------------- stores
+ZARR_FORMAT = 2                       # format 1: train_embeddings.npy + influence.json (still readable)
+ZARR_ARRAY = "train_embeddings"
+ZARR_ATTR = "xaiscope_influence"
+DEFAULT_CHUNK_ROWS = 1024
+
+
+def _is_url(path) -> bool:
+    return isinstance(path, str) and "://" in path
+
+
+def _store_location(path) -> str | Path:
+    return path if _is_url(path) else Path(path).expanduser()
+
+
+def _need_zarr():
+    try:
+        import zarr
+    except ImportError as err:  # pragma: no cover - zarr is a dependency
+        raise InfluenceError("Zarr influence stores need the `zarr` package (pip install zarr); or write a NumPy "
+                             "store with store_format='npy'.") from err
+    return zarr
+
+
+def _open_zarr_group(location, mode: str = "r"):
+    zarr = _need_zarr()
+    try:
+        return zarr.open_group(str(location), mode=mode)
+    except (FileNotFoundError, KeyError, ValueError, zarr.errors.BaseZarrError):
+        return None
+
+
 class InfluenceStore:
-    """Training embeddings on disk (``train_embeddings.npy``, memory-mapped) with ``influence.json``: the
-    checkpoints (path, sha256, learning rate), the embedding spec and the training examples' index."""
+    """Training embeddings on disk with what they are: the checkpoints (path, sha256, learning rate), the
+    embedding spec, the data they came from and the training examples' index.
+
+    Two formats, detected when opened: a Zarr group (``zarr.json``; array ``train_embeddings`` written in row
+    chunks, possibly by several Dask workers; the description in its attributes under ``xaiscope_influence``),
+    local or at an fsspec URL (``s3://…``); or the older NumPy form (``train_embeddings.npy``, memory-mapped, and
+    ``influence.json``). ``embeddings`` is an (N, D) float32 NumPy array either way (a Zarr store is read into
+    memory once, at first use)."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        meta_path = self.path / META_FILE
-        if not meta_path.exists():
-            raise InfluenceError(f"{self.path}: no {META_FILE}; this is not an influence store. Create one with "
-                                 "`xaiscope precompute influence` or xaiscope.core.influence.precompute_store.")
-        self.meta = json.loads(meta_path.read_text())
-        self.embeddings = np.load(self.path / EMBEDDINGS_FILE, mmap_mode="r")
+        self.path = _store_location(path)
+        self._embeddings = None
+        self._zarr = None
+        if not _is_url(self.path) and (self.path / META_FILE).exists():
+            self.format = "npy"
+            self.meta = json.loads((self.path / META_FILE).read_text())
+            self._embeddings = np.load(self.path / EMBEDDINGS_FILE, mmap_mode="r")
+        else:
+            group = None
+            if _is_url(self.path) or (self.path / "zarr.json").exists():
+                group = _open_zarr_group(self.path, "r")
+            meta = dict(group.attrs).get(ZARR_ATTR) if group is not None else None
+            if meta is None or ZARR_ARRAY not in group:
+                raise InfluenceError(f"{self.path}: neither {META_FILE} nor a Zarr group with {ZARR_ATTR!r} "
+                                     "attributes; this is not an influence store. Create one with `xaiscope "
+                                     "precompute influence` or xaiscope.core.influence.precompute_store.")
+            if not meta.get("complete"):
+                raise InfluenceError(f"{self.path}: incomplete influence store — its computation stopped before "
+                                     "every chunk was written. Run `xaiscope precompute influence` again.")
+            self.format = "zarr"
+            self.meta = meta
+            self._zarr = group[ZARR_ARRAY]
         self.spec = EmbeddingSpec(**self.meta["spec"])
         self.index = np.asarray(self.meta.get("index", []), dtype="datetime64[ns]") \
             if self.meta.get("index_kind") == "datetime" else np.asarray(self.meta.get("index", []))
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        """(N, D) float32 training embeddings (memory-mapped for NumPy stores, read once for Zarr stores)."""
+        if self._embeddings is None:
+            arr = np.asarray(self._zarr[...], dtype=np.float32)
+            arr.flags.writeable = False
+            self._embeddings = arr
+        return self._embeddings
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self._zarr.shape) if self._embeddings is None else self._embeddings.shape
 
     @property
     def checkpoint_hashes(self) -> list[str]:
@@ -682,42 +747,209 @@ class InfluenceStore:
         return embed(ckpts, x, y, self.spec)
 
 
+def _sha256_arrays(*arrays) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.view(np.uint8).reshape(-1) if a.size else b"")
+    return h.hexdigest()
+
+
+def _data_key(data) -> str:
+    if data is None:
+        return "demo"
+    if isinstance(data, (str, Path)):
+        s = str(data)
+        return s if s == "demo" or _is_url(s) or s.startswith("synthetic") else str(Path(s).expanduser().resolve())
+    return f"in-memory {type(data).__name__}"
+
+
+def _store_meta(ckpts, spec: EmbeddingSpec, train: Examples, data, store_format: str, chunk_rows: int | None,
+                dim_total: int) -> dict:
+    idx = np.asarray(train.index)
+    is_dt = np.issubdtype(idx.dtype, np.datetime64)
+    meta = {
+        "format": ZARR_FORMAT if store_format == "zarr" else STORE_FORMAT, "kind": ckpts[0].kind,
+        "spec": {"method": spec.method, "layers": spec.layers, "dim": spec.dim, "seed": spec.seed},
+        "label": spec.label, "exact": spec.exact,
+        "checkpoints": [{"path": str(Path(c.path).resolve()), "sha256": c.sha256, "learning_rate": learning_rate(c),
+                         "epoch": c.manifest.get("epoch")} for c in ckpts],
+        "data": _data_key(data), "train_sha256": _sha256_arrays(train.x, train.y),
+        "n_train": len(train), "n_columns": int(dim_total), "index_label": train.label,
+        "index_kind": "datetime" if is_dt else "other",
+        "index": [str(v) for v in idx.astype("datetime64[ns]")] if is_dt else idx.tolist(),
+    }
+    if store_format == "zarr":
+        meta.update({"chunk_rows": int(chunk_rows), "complete": False})
+    return meta
+
+
+def _prepare_out(out) -> None:
+    """Make ``out`` ready for a new store: create it, or clear an existing influence store; refuse a folder that
+    holds anything else."""
+    if _is_url(out):
+        return
+    if out.exists() and not out.is_dir():
+        raise InfluenceError(f"{out}: exists and is not a folder; give a folder for the influence store.")
+    if out.is_dir() and any(out.iterdir()):
+        old = (out / META_FILE).exists() or ((out / "zarr.json").exists() and ZARR_ATTR in
+                                              (json.loads((out / "zarr.json").read_text()).get("attributes") or {}))
+        if not old:
+            raise InfluenceError(f"{out}: folder is not empty and is not an influence store; choose a new or empty "
+                                 "folder for --out.")
+        import shutil
+
+        for p in out.iterdir():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _checkpoint_payload(c: Checkpoint) -> dict:
+    """What a Dask worker needs to rebuild a checkpoint without reading its files: manifest, weights, identity."""
+    return {"manifest": c.manifest, "path": str(c.path), "sha256": c.sha256,
+            "state": {k: v.detach().cpu().clone() for k, v in c.model.state_dict().items()}}
+
+
+def _payload_checkpoint(p: dict) -> Checkpoint:
+    from xaiscope.core.checkpoint import load_state_into
+    from xaiscope.core.models import build_model
+
+    model = build_model(p["manifest"]["kind"], p["manifest"]["config"])
+    load_state_into(model, p["state"], p["path"])
+    return Checkpoint(model=model.eval(), manifest=p["manifest"], path=Path(p["path"]), sha256=p["sha256"])
+
+
+def _embed_chunk(location, start: int, stop: int, x, y, payloads, spec: dict, kind: str, batch_size: int,
+                 torch_threads: int | None = None) -> tuple[int, int]:
+    """Dask task: embeddings of training rows [start, stop) written into their region of the Zarr array."""
+    if torch_threads:
+        torch.set_num_threads(int(torch_threads))
+    ckpts = [_payload_checkpoint(p) for p in payloads]
+    emb = embed(ckpts, x, y, EmbeddingSpec(**spec), get_adapter(kind), batch_size=batch_size)
+    arr = _need_zarr().open_array(str(location), path=ZARR_ARRAY, mode="r+")
+    arr[start:stop] = emb
+    return start, stop
+
+
+def _client(scheduler, n_workers: int | None):
+    """``(client, owned, cluster)`` for ``scheduler``: a ``distributed.Client`` (used as is), ``"local"`` (a new
+    LocalCluster of ``n_workers`` single-threaded worker processes) or a scheduler address (``tcp://host:8786``)."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as err:  # pragma: no cover - distributed is a dependency
+        raise InfluenceError("--scheduler needs Dask's `distributed` package (pip install 'dask[distributed]').") \
+            from err
+    if isinstance(scheduler, Client):
+        return scheduler, False, None
+    if scheduler == "local":
+        cluster = LocalCluster(n_workers=int(n_workers or 2), threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        return Client(cluster), True, cluster
+    try:
+        return Client(str(scheduler), timeout="20s"), True, None
+    except (OSError, TimeoutError) as err:
+        raise InfluenceError(f"scheduler: cannot reach a Dask scheduler at {scheduler!r} ({err}); start one with "
+                             "`dask scheduler` and give its address (tcp://HOST:8786), or use --scheduler local."
+                             ) from err
+
+
 def precompute_store(out: str | Path, run, train: Examples | None = None, method: str = "exact", layers=None,
                      dim: int = 128, seed: int = 0, data: Any = None, batch_size: int | None = None,
-                     progress: Callable[[int, int], None] | None = None) -> InfluenceStore:
-    """Compute the training embeddings of a run once (in chunks, written into a memory-mapped ``.npy``) and
-    store them with the checkpoint hashes. ``train`` defaults to the adapter's training examples."""
+                     progress: Callable[[int, int], None] | None = None, scheduler=None,
+                     n_workers: int | None = None, chunk_rows: int | None = None,
+                     store_format: str = "zarr") -> InfluenceStore:
+    """Compute the training embeddings of a run once and store them with the checkpoint hashes, the embedding
+    spec and the data key. ``train`` defaults to the adapter's training examples of ``data``.
+
+    The rows are computed in chunks of ``chunk_rows`` (a multiple of the batch size) and each chunk is written
+    into its own region of one Zarr array: in this process (``scheduler=None``), or as Dask tasks —
+    ``scheduler="local"`` starts a ``distributed.LocalCluster`` of ``n_workers`` processes, an address
+    (``"tcp://host:8786"``) or a ``distributed.Client`` uses that cluster. Workers receive the examples and the
+    weights with the tasks; they only need xaiscope installed and write access to ``out`` (a shared folder or an
+    fsspec URL such as ``s3://bucket/store``). ``progress(done, total)`` counts gradient batches.
+    ``store_format="npy"`` writes the older memory-mapped NumPy form (in-process only)."""
+    if store_format not in ("zarr", "npy"):
+        raise InfluenceError(f"store_format: {store_format!r} is not 'zarr' or 'npy'.")
+    if store_format == "npy" and (scheduler is not None or _is_url(out)):
+        raise InfluenceError("a NumPy store is written in this process to a local folder; use store_format='zarr' "
+                             "with a scheduler or a URL.")
     ckpts = load_run(run)
     adapter = get_adapter(ckpts[0].kind)
     spec = EmbeddingSpec(method, layers, dim, seed)
     train = train if train is not None else adapter.examples(ckpts[-1], "train", data)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if len(train) == 0:
+        raise InfluenceError("no training examples to store.")
+    batch_size = int(batch_size or adapter.batch_size)
+    out = _store_location(out)
+    _prepare_out(out)
     probe = embed(ckpts, train.x[:1], train.y[:1], spec, adapter)
-    arr = np.lib.format.open_memmap(out / EMBEDDINGS_FILE, mode="w+", dtype=np.float32,
-                                    shape=(len(train), probe.shape[1]))
-    embed(ckpts, train.x, train.y, spec, adapter, batch_size=batch_size, out=arr, progress=progress)
-    arr.flush()
-    del arr
-    idx = np.asarray(train.index)
-    is_dt = np.issubdtype(idx.dtype, np.datetime64)
-    meta = {
-        "format": STORE_FORMAT, "kind": ckpts[0].kind, "spec": {"method": spec.method, "layers": spec.layers,
-                                                               "dim": spec.dim, "seed": spec.seed},
-        "label": spec.label, "exact": spec.exact,
-        "checkpoints": [{"path": str(Path(c.path).resolve()), "sha256": c.sha256, "learning_rate": learning_rate(c),
-                         "epoch": c.manifest.get("epoch")} for c in ckpts],
-        "n_train": len(train), "index_label": train.label,
-        "index_kind": "datetime" if is_dt else "other",
-        "index": [str(v) for v in idx.astype("datetime64[ns]")] if is_dt else idx.tolist(),
-    }
-    (out / META_FILE).write_text(json.dumps(meta, indent=1))
+    n, d = len(train), probe.shape[1]
+    steps_per_ckpt = max(1, math.ceil(n / batch_size))
+    total = len(ckpts) * steps_per_ckpt
+
+    if store_format == "npy":
+        arr = np.lib.format.open_memmap(out / EMBEDDINGS_FILE, mode="w+", dtype=np.float32, shape=(n, d))
+        embed(ckpts, train.x, train.y, spec, adapter, batch_size=batch_size, out=arr, progress=progress)
+        arr.flush()
+        del arr
+        (out / META_FILE).write_text(json.dumps(_store_meta(ckpts, spec, train, data, "npy", None, d), indent=1))
+        return InfluenceStore(out)
+
+    rows = int(chunk_rows or max(batch_size, DEFAULT_CHUNK_ROWS // batch_size * batch_size))
+    if rows < 1:
+        raise InfluenceError(f"chunk_rows: {chunk_rows!r} must be ≥ 1.")
+    meta = _store_meta(ckpts, spec, train, data, "zarr", rows, d)
+    group = _need_zarr().open_group(str(out), mode="w")
+    group.create_array(ZARR_ARRAY, shape=(n, d), chunks=(min(rows, n), d), dtype="float32", compressors=None,
+                       fill_value=float("nan"))
+    group.attrs.update({ZARR_ATTR: meta})
+    chunks = [(s, min(s + rows, n)) for s in range(0, n, rows)]
+    steps = {c: len(ckpts) * math.ceil((c[1] - c[0]) / batch_size) for c in chunks}
+    spec_d = dict(meta["spec"])
+    done = 0
+    if scheduler is None:
+        arr = group[ZARR_ARRAY]
+        for s, e in chunks:
+            base = done
+
+            def chunk_progress(k, _t, base=base):
+                if progress:
+                    progress(base + k, total)
+
+            arr[s:e] = embed(ckpts, train.x[s:e], train.y[s:e], spec, adapter, batch_size=batch_size,
+                                  progress=chunk_progress)
+            done = base + steps[(s, e)]
+    else:
+        from distributed import as_completed
+
+        client, own, cluster = _client(scheduler, n_workers)
+        try:
+            payloads = client.scatter([_checkpoint_payload(c) for c in ckpts], broadcast=True)
+            threads = 1 if cluster is not None else None
+            futures = [client.submit(_embed_chunk, str(out), s, e, np.asarray(train.x[s:e]),
+                                     np.asarray(train.y[s:e]), payloads, spec_d, ckpts[0].kind, batch_size, threads,
+                                     pure=False) for s, e in chunks]
+            for fut in as_completed(futures):
+                s, e = fut.result()
+                done += steps[(s, e)]
+                if progress:
+                    progress(done, total)
+        finally:
+            if own:
+                client.close()
+            if cluster is not None:
+                cluster.close()
+    meta["complete"] = True
+    group.attrs.update({ZARR_ATTR: meta})
     return InfluenceStore(out)
 
 
 def open_store(path: str | Path, run=None) -> InfluenceStore:
-    """Open a store; with ``run`` (the checkpoints it should belong to) a hash mismatch raises
-    :class:`StaleStoreError`."""
+    """Open a store (Zarr or NumPy form, detected); with ``run`` (the checkpoints it should belong to) a hash
+    mismatch raises :class:`StaleStoreError`."""
     store = InfluenceStore(path)
     if run is not None:
         store.check(load_run(run))
@@ -725,10 +957,16 @@ def open_store(path: str | Path, run=None) -> InfluenceStore:
 
 
 def run_precompute_cli(args) -> int:
-    """``xaiscope precompute influence RUN --out DIR``: store a run's training embeddings with a progress bar."""
+    """``xaiscope precompute influence RUN --out DIR [--scheduler local|ADDRESS]``: store a run's training
+    embeddings (one Zarr store) with a progress bar."""
     from tqdm.auto import tqdm
 
     layers = [s for s in str(args.layers).split(",") if s] if args.layers else None
+    if getattr(args, "scheduler", None) and not getattr(args, "verbose", False):
+        import logging
+
+        for name in ("distributed", "tornado"):       # the cluster's own INFO lines would hide the progress bar
+            logging.getLogger(name).setLevel(logging.WARNING)
     bar = tqdm(total=None, unit="batch", disable=args.quiet, desc="training gradients")
 
     def progress(done, total):
@@ -737,8 +975,12 @@ def run_precompute_cli(args) -> int:
         bar.refresh()
 
     store = precompute_store(args.out, args.run, method=args.method, layers=layers, dim=args.dim, seed=args.seed,
-                             data=args.data, batch_size=args.batch_size, progress=progress)
+                             data=args.data, batch_size=args.batch_size, progress=progress,
+                             scheduler=getattr(args, "scheduler", None), n_workers=getattr(args, "workers", None),
+                             chunk_rows=getattr(args, "chunk_rows", None),
+                             store_format=getattr(args, "store_format", None) or "zarr")
     bar.close()
-    print(f"wrote {store.path}: {store.embeddings.shape[0]} training examples × {store.embeddings.shape[1]} "
-          f"({store.spec.label}) from {len(store.checkpoint_hashes)} checkpoint(s)")
+    n, d = store.shape
+    print(f"wrote {store.path}: {n} training examples × {d} ({store.spec.label}) from "
+          f"{len(store.checkpoint_hashes)} checkpoint(s), {store.format} store")
     return 0

@@ -304,3 +304,123 @@ def test_shipped_sst_series_examples_and_scores():
     names = I.param_names(model)
     np.testing.assert_allclose(I.per_sample_grads(a, model, x, y, names).numpy(),
                                I.per_sample_grads_loop(a, model, x, y, names).numpy(), rtol=1e-4, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------- Zarr stores, Dask
+def test_zarr_store_records_what_it_is_and_matches_direct_embeddings(tmp_path, lstm_run):
+    run, x, y = lstm_run
+    train = I.Examples(x, y, np.arange(len(x)))
+    store = I.precompute_store(tmp_path / "z", run, train, method="projection", dim=24, seed=5, batch_size=8,
+                               chunk_rows=16, data="synthetic:3")
+    assert store.format == "zarr" and (tmp_path / "z" / "zarr.json").exists()
+    ckpts = I.load_run(run)
+    ref = I.embed(ckpts, x, y, I.EmbeddingSpec("projection", dim=24, seed=5), batch_size=8)
+    again = I.open_store(tmp_path / "z", run)
+    np.testing.assert_allclose(again.embeddings, ref, rtol=1e-6, atol=1e-9)
+    m = again.meta
+    assert [c["sha256"] for c in m["checkpoints"]] == [c.sha256 for c in ckpts]
+    assert m["spec"] == {"method": "projection", "layers": None, "dim": 24, "seed": 5}
+    assert m["data"] == "synthetic:3" and m["complete"] and m["chunk_rows"] == 16
+    assert m["train_sha256"] == I._sha256_arrays(x, y) != I._sha256_arrays(x, y + 1)
+    np.testing.assert_array_equal(again.index, np.arange(len(x)))
+
+
+def test_numpy_store_still_readable_and_same_as_zarr(tmp_path, lstm_run):
+    run, x, y = lstm_run
+    train = I.Examples(x, y, np.arange(len(x)))
+    z = I.precompute_store(tmp_path / "z", run, train, layers=["lstm.weight_hh_l1", "head"], batch_size=16)
+    n = I.precompute_store(tmp_path / "n", run, train, layers=["lstm.weight_hh_l1", "head"], batch_size=16,
+                           store_format="npy")
+    assert (tmp_path / "n" / I.EMBEDDINGS_FILE).exists() and n.format == "npy"
+    n2 = I.open_store(tmp_path / "n", run)
+    assert n2.format == "npy" and isinstance(n2.embeddings, np.memmap)
+    np.testing.assert_array_equal(n2.embeddings, I.open_store(tmp_path / "z").embeddings)
+    assert n2.meta["spec"]["layers"] == z.meta["spec"]["layers"] == ["lstm.weight_hh_l1", "head"]
+    # a NumPy store is overwritten by a Zarr one (migration); a folder with other files is refused
+    I.precompute_store(tmp_path / "n", run, train, layers=["head"], batch_size=16)
+    assert I.open_store(tmp_path / "n").format == "zarr" and not (tmp_path / "n" / I.META_FILE).exists()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(I.InfluenceError, match="not empty"):
+        I.precompute_store(tmp_path / "other", run, train)
+
+
+def test_zarr_store_stale_and_incomplete_give_clear_errors(tmp_path, lstm_run):
+    import shutil
+
+    import zarr
+
+    run0, x, y = lstm_run
+    run = tmp_path / "run"
+    shutil.copytree(run0, run)
+    train = I.Examples(x[:20], y[:20], np.arange(20))
+    I.precompute_store(tmp_path / "z", run, train, batch_size=8)
+    I.open_store(tmp_path / "z", run)
+    ckpts = I.load_run(run)
+    m = ckpts[2].model
+    with torch.no_grad():
+        m.head.bias.add_(0.01)
+    save_checkpoint(ckpts[2].path, m, {k: v for k, v in ckpts[2].manifest.items()
+                                        if k not in ("weights_sha256", "weights_file")})
+    with pytest.raises(I.StaleStoreError, match=r"stale influence store.*epoch_003.*xaiscope precompute influence"):
+        I.open_store(tmp_path / "z", run)
+    g = zarr.open_group(str(tmp_path / "z"), mode="r+")
+    meta = dict(g.attrs[I.ZARR_ATTR])
+    meta["complete"] = False
+    g.attrs.update({I.ZARR_ATTR: meta})
+    with pytest.raises(I.InfluenceError, match="incomplete"):
+        I.open_store(tmp_path / "z")
+
+
+@pytest.fixture(scope="module")
+def dask_client():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cl:
+        with distributed.Client(cl) as client:
+            yield client
+
+
+def test_dask_precompute_equals_in_process(tmp_path, lstm_run, dask_client):
+    run, x, y = lstm_run
+    train = I.Examples(x, y, np.arange(len(x)))
+    local = I.precompute_store(tmp_path / "a", run, train, batch_size=8, chunk_rows=16)
+    seen = []
+    dist = I.precompute_store(tmp_path / "b", run, train, batch_size=8, chunk_rows=16, scheduler=dask_client,
+                              progress=lambda d, t: seen.append((d, t)))
+    assert dist.shape == local.shape == (60, I.embed(I.load_run(run), x[:1], y[:1]).shape[1])
+    np.testing.assert_array_equal(dist.embeddings, local.embeddings)
+    assert seen[-1] == (3 * 8, 3 * 8) and len(seen) == 4           # 4 chunks of ≤ 16 rows, 3 checkpoints
+    # and both equal a direct computation, and Captum-checked TracIn scores
+    ref = I.tracin(run, (x, y), (x[:3], y[:3]))
+    np.testing.assert_allclose(dist.scores(dist.embed_test(x[:3], y[:3])), ref.scores, rtol=1e-4, atol=1e-7)
+    # a store at an fsspec URL (the in-memory file system stands in for an object store)
+    pytest.importorskip("fsspec")
+    url = f"memory://xaiscope-test-{tmp_path.name}/store"
+    mem = I.precompute_store(url, run, train, batch_size=8, chunk_rows=32, scheduler=dask_client)
+    np.testing.assert_array_equal(I.open_store(url, run).embeddings, local.embeddings)
+    assert mem.format == "zarr"
+    with pytest.raises(I.InfluenceError, match="NumPy store"):
+        I.precompute_store(tmp_path / "c", run, train, scheduler=dask_client, store_format="npy")
+
+
+def test_cli_precompute_influence_on_dask_scheduler(tmp_path, capsys, dask_client):
+    from xaiscope.core.cli import main
+
+    import shutil
+
+    from xaiscope.core.sst_qoi import demo_checkpoint
+
+    for p in list_series(demo_checkpoint(3))[-2:]:
+        shutil.copytree(p, tmp_path / "run" / p.name)
+    run = str(tmp_path / "run")
+    rc = main(["precompute", "influence", run, "--out", str(tmp_path / "d"), "--method", "last_layer",
+               "--scheduler", dask_client.scheduler.address, "--chunk-rows", "100", "--quiet"])
+    assert rc == 0 and "zarr store" in capsys.readouterr().out
+    assert main(["precompute", "influence", run, "--out", str(tmp_path / "p"), "--method", "last_layer",
+                 "--chunk-rows", "100", "--quiet"]) == 0
+    d, p = I.open_store(tmp_path / "d", run), I.open_store(tmp_path / "p", run)
+    np.testing.assert_array_equal(d.embeddings, p.embeddings)
+    train = I.get_adapter("sst_qoi_mlp").examples(I.load_run(run)[-1], "train")
+    np.testing.assert_allclose(d.embeddings, I.embed(I.load_run(run), train.x, train.y,
+                                                     I.EmbeddingSpec("last_layer")), rtol=1e-5, atol=1e-8)
+    assert d.meta["data"] == "demo" and d.meta["spec"]["method"] == "last_layer"

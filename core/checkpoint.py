@@ -23,7 +23,7 @@ import hashlib
 import json
 import pickle
 import re
-import zipfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,14 +113,34 @@ def save_checkpoint(directory: str | Path, model: nn.Module, manifest: dict[str,
     return directory
 
 
+def _one_line(err: BaseException | str, limit: int = 300) -> str:
+    """The first line of an error message, shortened: messages of the libraries underneath can be long."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+#: A manifest larger than this is refused before parsing (real manifests are a few kB).
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+
+
+def _parse_manifest(raw: bytes | str, where: Path, what: str = "manifest") -> dict[str, Any]:
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise CheckpointError(f"{where}: {what} is {len(raw)} bytes, too large for a checkpoint manifest "
+                              f"(limit {MAX_MANIFEST_BYTES}); this is not an xaiscope manifest.")
+    try:
+        manifest = json.loads(raw)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError, nesting too deep
+        raise CheckpointError(
+            f"{where}: {what} is not valid JSON ({_one_line(err)}); re-save the checkpoint.") from err
+    return _check_manifest(manifest, where)
+
+
 def _read_manifest(path: Path) -> dict[str, Any]:
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: manifest is not valid JSON ({err}); re-save the checkpoint.") from err
+        raw = path.read_bytes()
     except OSError as err:
-        raise CheckpointError(f"{path}: cannot read manifest ({err.strerror}).") from err
-    return _check_manifest(manifest, path)
+        raise CheckpointError(f"{path}: cannot read manifest ({err.strerror or _one_line(err)}).") from err
+    return _parse_manifest(raw, path)
 
 
 def _check_manifest(manifest: Any, where: Path) -> dict[str, Any]:
@@ -138,8 +158,15 @@ def _check_manifest(manifest: Any, where: Path) -> dict[str, Any]:
             f"{where}: checkpoint format version {version!r} is newer than this xaiscope understands "
             f"({FORMAT_VERSION}); upgrade xaiscope."
         )
+    if not isinstance(manifest["kind"], str):
+        raise CheckpointError(f"{where}: manifest field 'kind' must be a model kind name (text), got "
+                              f"{type(manifest['kind']).__name__}.")
     if not isinstance(manifest["config"], dict):
         raise CheckpointError(f"{where}: manifest field 'config' must be an object of constructor arguments.")
+    for key in ("weights_file", "weights_sha256"):
+        if key in manifest and not isinstance(manifest[key], str):
+            raise CheckpointError(f"{where}: manifest field {key!r} must be text, got "
+                                  f"{type(manifest[key]).__name__}; re-save the checkpoint.")
     return manifest
 
 
@@ -155,22 +182,27 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         return tensors, metadata
     except Exception as err:  # safetensors raises its own SafetensorError / OSError variants
         raise CheckpointError(
-            f"{path}: not a readable safetensors file ({err}). The file may be truncated or corrupted; "
+            f"{path}: not a readable safetensors file ({_one_line(err)}). The file may be truncated or corrupted; "
             "copy it again or re-export it."
         ) from err
 
 
 def _load_pt(path: Path) -> dict[str, torch.Tensor]:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": noise beside the error below
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), "")
         raise CheckpointError(
-            f"{path}: refused: this .pt file holds more than tensors (loading it would run code from the file: "
-            f"{str(err).splitlines()[0]}). Save a plain state dict (`torch.save(model.state_dict(), …)`) or "
-            "safetensors instead."
+            f"{path}: refused: this .pt file holds more than tensors, and loading it would run code from the file"
+            f"{f' ({_one_line(detail, 200)})' if detail else ''}. Nothing from it was run. Save a plain state dict "
+            "(`torch.save(model.state_dict(), …)`) or safetensors instead."
         ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: cannot read this .pt file ({err}); it may be truncated or corrupted.") from err
+    except Exception as err:  # noqa: BLE001 - RuntimeError, EOFError, BadZipFile, OSError, ValueError, struct.error …
+        raise CheckpointError(
+            f"{path}: cannot read this .pt file ({_one_line(err)}); it may be truncated or corrupted.") from err
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -178,8 +210,20 @@ def _load_pt(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], where: Path | str) -> None:
-    """Load ``state`` into ``model``; mismatched keys or shapes get an error naming the tensor."""
+def _dtype_fits(have: torch.dtype, want: torch.dtype) -> bool:
+    """Floating-point weights of any precision fit a floating-point tensor (they are cast); otherwise the
+    dtypes must be equal (integer or boolean weights in a float model mean the file is not these weights)."""
+    if have == want:
+        return True
+    return have.is_floating_point and want.is_floating_point
+
+
+def check_state(model: nn.Module, state: dict[str, torch.Tensor], where: Path | str) -> None:
+    """Raise :class:`CheckpointError` naming every missing/unexpected tensor and every wrong shape or dtype.
+
+    ``model`` may live on the ``meta`` device (nothing allocated): this is how a manifest is checked against
+    the weights file before a model of the manifest's size is built.
+    """
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -188,18 +232,49 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], where: Pat
         problems.append(f"missing tensor(s) {missing[:5]}")
     if unexpected:
         problems.append(f"unexpected tensor(s) {unexpected[:5]}")
+    wrong_dtype: dict[tuple[str, str], list[str]] = {}
     for key, tensor in state.items():
         if key in expected and tuple(tensor.shape) != tuple(expected[key].shape):
             problems.append(
                 f"tensor {key!r} has shape {tuple(tensor.shape)} but the model built from the manifest expects "
                 f"{tuple(expected[key].shape)}"
             )
+        elif key in expected and not _dtype_fits(tensor.dtype, expected[key].dtype):
+            pair = (str(tensor.dtype).replace("torch.", ""), str(expected[key].dtype).replace("torch.", ""))
+            wrong_dtype.setdefault(pair, []).append(key)
+    for (have, want), keys in wrong_dtype.items():
+        shown = ", ".join(repr(k) for k in keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+        problems.append(f"{'tensor' if len(keys) == 1 else f'{len(keys)} tensors'} ({shown}) "
+                        f"{'has' if len(keys) == 1 else 'have'} dtype {have} but the model expects {want}")
     if problems:
         raise CheckpointError(
-            f"{where}: weights do not fit the model described by the manifest: {'; '.join(problems)}. "
+            f"{where}: weights do not fit the model described by the manifest: {'; '.join(problems[:8])}"
+            f"{f' (and {len(problems) - 8} more)' if len(problems) > 8 else ''}. "
             "Check that the manifest's config (sizes, layers, inputs) belongs to these weights."
         )
+
+
+def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], where: Path | str) -> None:
+    """Load ``state`` into ``model``; mismatched keys, shapes or dtypes get an error naming the tensor."""
+    check_state(model, state, where)
+    expected = model.state_dict()
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+
+
+def _weights_path(directory: Path, name: str) -> Path:
+    """The weights file a manifest names: a file *in* the checkpoint folder (no sub-paths, no ``..``, no
+    absolute path, no symlink that leads out of the folder)."""
+    if (not name or "\x00" in name or Path(name).name != name or name in (".", "..")
+            or "/" in name or "\\" in name):
+        raise CheckpointError(
+            f"{directory / MANIFEST_FILE}: weights_file {name[:200]!r} is not a plain file name; the weights must "
+            f"lie in the checkpoint folder itself (e.g. {WEIGHTS_FILE!r}).")
+    weights = directory / name
+    real_dir = directory.resolve()
+    if weights.is_symlink() and not weights.resolve().is_relative_to(real_dir):
+        raise CheckpointError(
+            f"{weights}: a symlink that leads out of the checkpoint folder; copy the weights into the folder.")
+    return weights
 
 
 def _resolve(path: Path) -> tuple[Path, Path | None, str]:
@@ -207,7 +282,7 @@ def _resolve(path: Path) -> tuple[Path, Path | None, str]:
     if path.is_dir():
         if (path / MANIFEST_FILE).exists():
             manifest = _read_manifest(path / MANIFEST_FILE)
-            weights = path / manifest.get("weights_file", WEIGHTS_FILE)
+            weights = _weights_path(path, manifest.get("weights_file", WEIGHTS_FILE))
             if not weights.exists():
                 raise CheckpointError(f"{path}: manifest found but weights file {weights.name!r} is missing.")
             fmt = "pt" if weights.suffix in (".pt", ".pth") else "safetensors"
@@ -251,6 +326,17 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
 
     if interop_nh.is_nh_run(path):
         return interop_nh.load_nh_checkpoint(path)
+    try:
+        return _load_checkpoint(path, verify)
+    except CheckpointError:
+        raise
+    except OSError as err:  # unreadable folder or file, a folder where a file should be, …
+        raise CheckpointError(
+            f"{path}: cannot read the checkpoint ({err.strerror or _one_line(err)}); check the path and its "
+            "permissions.") from err
+
+
+def _load_checkpoint(path: Path, verify: bool) -> Checkpoint:
     weights, manifest_path, fmt = _resolve(path)
     digest = sha256_file(weights)
     if fmt == "pt":
@@ -260,10 +346,7 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
     if manifest_path is not None:
         manifest = _read_manifest(manifest_path)
     elif METADATA_KEY in metadata:
-        try:
-            manifest = _check_manifest(json.loads(metadata[METADATA_KEY]), weights)
-        except json.JSONDecodeError as err:
-            raise CheckpointError(f"{weights}: embedded manifest is not valid JSON ({err}).") from err
+        manifest = _parse_manifest(metadata[METADATA_KEY], weights, "embedded manifest")
     else:
         raise CheckpointError(
             f"{weights}: no manifest: put {MANIFEST_FILE} beside it or embed one in the safetensors metadata "
@@ -275,10 +358,31 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
             f"{weights}: sha256 {digest[:12]}… does not match the manifest's {str(recorded)[:12]}…; the weights "
             "were changed or corrupted after saving."
         )
-    model = build_model(manifest["kind"], manifest["config"])
+    try:
+        _check_against_meta_model(manifest, state, weights)
+        model = build_model(manifest["kind"], manifest["config"])
+    except CheckpointError as err:
+        if str(weights) in str(err):
+            raise
+        raise type(err)(f"{manifest_path or weights}: {err}") from err  # name the file
     load_state_into(model, state, weights)
     model.eval()
     return Checkpoint(model=model, manifest=manifest, path=path, sha256=digest, extra={"weights_path": weights})
+
+
+def _check_against_meta_model(manifest: dict[str, Any], state: dict[str, torch.Tensor], where: Path) -> None:
+    """Check the weights against the manifest's model built on the ``meta`` device (no memory allocated), so
+    that a manifest asking for a huge model is refused before anything of that size is built."""
+    try:
+        with torch.device("meta"):
+            meta = build_model(manifest["kind"], manifest["config"])
+    except CheckpointError as err:
+        if err.__cause__ is None:  # unknown kind or config field: the real build would say the same
+            raise
+        return  # the constructor failed on meta; the real build below reports or succeeds
+    except Exception:  # noqa: BLE001 - a model that cannot be built on meta is checked after the real build
+        return
+    check_state(meta, state, where)
 
 
 def list_series(run_dir: str | Path) -> list[Path]:

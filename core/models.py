@@ -64,8 +64,13 @@ def build_model(kind: str, config: dict | None = None) -> nn.Module:
         )
     try:
         return cls(**config)
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"cannot build model kind {kind!r} from config {config}: {err}") from err
+    except CheckpointError:
+        raise
+    except Exception as err:  # noqa: BLE001 - TypeError, ValueError, RuntimeError (negative sizes), OverflowError …
+        text = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        shown = str(config)
+        shown = shown if len(shown) <= 300 else shown[:300] + "…"
+        raise CheckpointError(f"cannot build model kind {kind!r} from config {shown}: {text}") from err
 
 
 @register_model("hydro_lstm")

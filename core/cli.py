@@ -126,7 +126,7 @@ def _cmd_info(args) -> int:
     for key in ("inputs", "target", "window", "epoch", "learning_rate", "seed", "train_period", "test_period"):
         if key in m:
             print(f"  {key}: {m[key]}")
-    if "data" in m:
+    if (m.get("data") or {}).get("basin_id"):
         print(f"  data: basin {m['data'].get('basin_id')} {m['data'].get('start')}..{m['data'].get('end')}")
     if "test_metrics" in m:
         t = m["test_metrics"]

@@ -20,6 +20,8 @@ product's de-normalisation), and raises :class:`ExportError` when they differ by
 
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +41,15 @@ EXPORTABLE_KINDS = {
                   "target units",
     "sst_qoi_mlp": "[batch, n_lat, n_lon] SST anomaly maps (degC) → [batch, n_classes] class probabilities",
 }
+
+
+@contextmanager
+def _jit_quiet():
+    """TorchScript is what C++ ``torch::jit::load`` and FTorch read; PyTorch ≥ 2.9 marks its Python entry points
+    deprecated in favour of ``torch.export``, which those loaders do not read. Silence that one warning here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
+        yield
 
 
 class ExportError(XaiscopeError):
@@ -139,7 +150,8 @@ def torchscript_module(ckpt: Checkpoint, sequence: bool = False) -> torch.jit.Sc
         )
     module.eval()
     try:
-        return torch.jit.script(module)
+        with _jit_quiet():
+            return torch.jit.script(module)
     except Exception as err:  # TorchScript compile errors come in several types
         raise ExportError(f"{ckpt.path}: TorchScript could not compile the {ckpt.kind} module ({err}).") from err
 
@@ -209,7 +221,8 @@ def export_torchscript(checkpoint: Checkpoint | str | Path, out: str | Path, seq
     scripted.save(str(tmp))
     tmp.replace(out)
     x = sample_inputs(ckpt, batch=batch, seed=seed)
-    loaded = torch.jit.load(str(out), map_location="cpu")
+    with _jit_quiet():
+        loaded = torch.jit.load(str(out), map_location="cpu")
     with torch.inference_mode():
         got = loaded(torch.from_numpy(x)).numpy().astype(np.float64)
     want = reference_outputs(ckpt, x, sequence=sequence)

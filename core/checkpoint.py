@@ -23,6 +23,7 @@ import hashlib
 import json
 import pickle
 import re
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -370,18 +371,55 @@ def _load_checkpoint(path: Path, verify: bool) -> Checkpoint:
     return Checkpoint(model=model, manifest=manifest, path=path, sha256=digest, extra={"weights_path": weights})
 
 
+class _ModelTooLarge(Exception):
+    """Raised inside a model constructor when it creates more parameters than the weights file holds."""
+
+
 def _check_against_meta_model(manifest: dict[str, Any], state: dict[str, torch.Tensor], where: Path) -> None:
     """Check the weights against the manifest's model built on the ``meta`` device (no memory allocated), so
-    that a manifest asking for a huge model is refused before anything of that size is built."""
+    that a manifest asking for a huge model is refused before anything of that size is built.
+
+    While the meta model is built, a parameter-registration hook (for this thread only) stops the constructor
+    as soon as it has created clearly more parameters, or parameter values, than the file holds: a manifest
+    that asks for a million layers is refused at once instead of keeping the server busy.
+    """
+    n_tensors = len(state)
+    n_values = sum(int(t.numel()) for t in state.values())
+    me = threading.get_ident()
+    seen = [0, 0]
+
+    def hook(module, name, param):
+        if param is None or threading.get_ident() != me:
+            return None
+        seen[0] += 1
+        seen[1] += int(param.numel())
+        if seen[0] > 2 * n_tensors + 16 or seen[1] > 2 * n_values + 4096:
+            raise _ModelTooLarge()
+        return None
+
+    def too_large() -> CheckpointError:
+        shown = json.dumps(manifest["config"], default=str)
+        shown = shown if len(shown) <= 200 else shown[:200] + "…"
+        return CheckpointError(
+            f"{where}: the manifest's config {shown} describes a model far larger than the weights file "
+            f"({n_tensors} tensors, {n_values} values); the manifest does not belong to these weights.")
+
+    handle = torch.nn.modules.module.register_module_parameter_registration_hook(hook)
     try:
         with torch.device("meta"):
             meta = build_model(manifest["kind"], manifest["config"])
+    except _ModelTooLarge:
+        raise too_large() from None
     except CheckpointError as err:
+        if isinstance(err.__cause__, _ModelTooLarge):
+            raise too_large() from None
         if err.__cause__ is None:  # unknown kind or config field: the real build would say the same
             raise
         return  # the constructor failed on meta; the real build below reports or succeeds
     except Exception:  # noqa: BLE001 - a model that cannot be built on meta is checked after the real build
         return
+    finally:
+        handle.remove()
     check_state(meta, state, where)
 
 

@@ -105,14 +105,21 @@ def epoch_files(run_dir: str | Path) -> list[Path]:
 def _yaml_load(path: Path, what: str) -> Any:
     try:
         import yaml
-    except ImportError as err:  # PyYAML comes with bokeh/dask; only a bare core install lacks it
-        raise NeuralHydrologyError(f"reading a neuralhydrology {what} needs PyYAML: pip install pyyaml") from err
+
+        load, errors = yaml.safe_load, (yaml.YAMLError,)
+    except ImportError:
+        try:  # neuralhydrology's own YAML library, where PyYAML is absent
+            from ruamel.yaml import YAML
+            from ruamel.yaml.error import YAMLError
+        except ImportError as err:
+            raise NeuralHydrologyError(f"reading a neuralhydrology {what} needs PyYAML: pip install pyyaml") from err
+        load, errors = YAML(typ="safe", pure=True).load, (YAMLError,)
     if not path.is_file():
         raise NeuralHydrologyError(f"{path}: missing; a neuralhydrology run directory needs config.yml, "
                                    "model_epochNNN.pt and train_data/train_data_scaler.yml.")
     try:
-        return yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, OSError, UnicodeDecodeError) as err:
+        return load(path.read_text())
+    except (*errors, OSError, UnicodeDecodeError) as err:
         raise NeuralHydrologyError(f"{path}: cannot read the {what} ({err}).") from err
 
 

@@ -1,0 +1,275 @@
+"""The TracIn view: state logic without a browser (against direct core.influence calls, the task adapters' examples,
+the shipped SST and basin data, and scikit-learn for the mislabel AUC), and one served-app browser test."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+SST_RUN = REPO / "assets" / "checkpoints" / "sst_qoi_lag03"
+HYDRO_RUN = REPO / "assets" / "checkpoints" / "hydro_01031500"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("tracin-cache")
+
+
+@pytest.fixture(scope="module")
+def view(cache):
+    from xaiscope.dashboard.tracin import TracInExplorer
+
+    v = TracInExplorer(cache_dir=cache)
+    assert v.error == "", v.error
+    assert v.model == "sst_qoi_lag03" and v.method == "last_layer"
+    return v
+
+
+@pytest.fixture(scope="module")
+def sst():
+    from xaiscope.core import influence as I
+    from xaiscope.core import sst_qoi  # noqa: F401
+
+    ckpts = I.load_run(SST_RUN)
+    ad = I.get_adapter(ckpts[0].kind)
+    return ckpts, ad.examples(ckpts[-1], "train"), ad.examples(ckpts[-1], "test")
+
+
+def _check_topk(view, ckpts, train, test, **kw):
+    from xaiscope.core import influence as I
+
+    i = view.test_index
+    ref = I.tracin(ckpts, train, test.subset([i]), **kw)
+    tk = I.top_k(ref.scores[0], view.k)
+    np.testing.assert_array_equal(view.topk.proponents, tk.proponents)
+    np.testing.assert_array_equal(view.topk.opponents, tk.opponents)
+    np.testing.assert_allclose(view.topk.proponent_scores, tk.proponent_scores, rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(view.topk.opponent_scores, tk.opponent_scores, rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(view.scores_row, ref.scores[0], rtol=1e-4, atol=1e-8)
+    df = view.ranked_frame()
+    assert list(df[df.role == "proponent"].train_index) == list(tk.proponents)
+    assert list(df[df.role == "proponent"].example) == [f"{pd.Timestamp(t):%Y-%m}" for t in train.index[tk.proponents]]
+
+
+def test_proponents_equal_direct_tracin(view, sst):
+    ckpts, train, test = sst
+    assert view.test in view.test_labels
+    _check_topk(view, ckpts, train, test, method="last_layer")
+    view.test = view.test_labels[7]
+    _check_topk(view, ckpts, train, test, method="last_layer")
+    view.set_test_near(pd.Timestamp(test.index[20]).value / 1e6)  # a tap sends ms since epoch
+    assert view.test == view.test_labels[20]
+    _check_topk(view, ckpts, train, test, method="last_layer")
+
+
+def test_other_methods_equal_direct_tracin(view, sst):
+    ckpts, train, test = sst
+    view.param.update(method="projection", dim=32, seed=3)
+    assert view.store is not None and not view.store.spec.exact
+    _check_topk(view, ckpts, train, test, method="projection", dim=32, seed=3)
+    view.param.update(method="exact", layers=["net.3"])
+    _check_topk(view, ckpts, train, test, method="exact", layers=["net.3"])
+    assert view.store.spec.label == "exact (net.3)"
+    view.param.update(method="last_layer", layers=[])
+
+
+def test_self_influence_and_loss_equal_core(view, sst):
+    import torch.nn.functional as F
+    from xaiscope.core import influence as I
+
+    ckpts, train, _ = sst
+    df = view.self_influence_frame()
+    ref = I.self_influence(ckpts, train, method="last_layer")
+    np.testing.assert_allclose(df["self_influence"].values, ref, rtol=1e-4)
+    # the plotted points are these numbers (log10)
+    pts = view.self_influence_points()
+    np.testing.assert_allclose(pts.dimension_values("log10_self_influence"), np.log10(ref), rtol=1e-5)
+    # training loss: class-weighted cross-entropy at the last checkpoint, by hand
+    m = ckpts[-1].model.eval()
+    w = torch.tensor(ckpts[-1].manifest["class_weights"], dtype=torch.float32)
+    with torch.no_grad():
+        loss = F.cross_entropy(m(torch.as_tensor(train.x)), torch.as_tensor(train.y), weight=w, reduction="none")
+    np.testing.assert_allclose(df["train_loss"].values, loss.numpy(), rtol=1e-5, atol=1e-7)
+    # a click on the plot opens the nearest point
+    j = 42
+    view.select_near_point(df["log10_loss"][j], df["log10_self_influence"][j])
+    assert view.selected_index == j
+
+
+def test_selected_example_is_the_adapters(view, sst):
+    from xaiscope.data.sst import demo_sst
+
+    ckpts, train, _ = sst
+    i = int(view.topk.proponents[1])
+    view.__panel__()
+    view._open_row(view._prop_t, 1)  # a click on the second proponent row
+    assert view.selected_index == i
+    ex = view.example("train", i)
+    np.testing.assert_array_equal(ex["x"], train.x[i])
+    assert ex["y"] == train.y[i] and ex["index"] == train.index[i]
+    # the drawn map is the SST anomaly of the input month, independently read from the shipped data
+    ds = demo_sst(with_ssh=False)
+    month = pd.Timestamp(train.info["input_time"][i])
+    obs = ds["sst_anomaly"].sel(time=month).values
+    got = view.example_map("train", i).values
+    sea = ~ds["land_mask"].values.astype(bool)
+    np.testing.assert_allclose(got[sea], obs[sea], rtol=1e-5, atol=1e-5)
+    img = view.example_element("train", i)
+    np.testing.assert_allclose(img.dimension_values(2, flat=False), got, equal_nan=True)
+    assert view.example_title("train", i).startswith(f"training {view.selected}")
+
+
+def test_bad_input_shows_error_and_keeps_state(view):
+    good = view.test
+    view.test = "1900-01"
+    assert view.test == good and "1900-01" in view.error
+    view.test = view.test_labels[3]
+    assert view.error == ""
+    view.selected = "nonsense"
+    assert "nonsense" in view.error and view.selected != "nonsense"
+
+
+def test_estimate_before_long_computation_then_cached(cache, sst, monkeypatch):
+    from xaiscope.dashboard import tracin
+    from xaiscope.dashboard.tracin import TracInExplorer
+
+    monkeypatch.setattr(tracin, "AUTO_SECONDS", 0.0)
+    v = TracInExplorer(run=str(SST_RUN), method="projection", dim=16, seed=5, cache_dir=cache)
+    assert v.store is None and v.estimate is not None
+    est = v.estimate
+    assert est.n_examples == len(sst[1]) and est.n_checkpoints == 5 and est.seconds > 0
+    assert "≈" in v.status and "measured per example" in v.status
+    v.compute()
+    assert v.store is not None and v.topk is not None
+    w = TracInExplorer(run=str(SST_RUN), method="projection", dim=16, seed=5, cache_dir=cache)
+    assert w.estimate is None and w.store.path == v.store.path  # opened from the cache, no recomputation
+    np.testing.assert_allclose(w.scores_row, v.scores_row)
+
+
+def test_downloads_carry_provenance(view, sst):
+    import xarray as xr
+
+    ckpts = sst[0]
+    view.param.update(method="projection", dim=32, seed=3)
+    text = view.ranked_csv().getvalue().decode()
+    head = [ln for ln in text.splitlines() if ln.startswith("#")]
+    assert any(ckpts[0].sha256 in ln for ln in head) and any("projection_dim: 32" in ln for ln in head)
+    df = pd.read_csv(io.StringIO(text), comment="#")
+    ref = view.ranked_frame()
+    assert list(df["example"]) == list(ref["example"])
+    np.testing.assert_allclose(df["score"], ref["score"], rtol=1e-5)
+    back = xr.open_dataset(view.scores_netcdf())
+    assert back.attrs["method"] == "projection" and int(back.attrs["projection_dim"]) == 32
+    assert int(back.attrs["projection_seed"]) == 3
+    import json
+
+    assert json.loads(back.attrs["checkpoint_sha256"]) == [c.sha256 for c in ckpts]
+    np.testing.assert_allclose(back["tracin_score"].values, view.scores_row)
+    view.param.update(method="last_layer")
+
+
+def test_mislabel_curve_matches_sklearn():
+    from sklearn.metrics import roc_auc_score
+    from xaiscope.core import influence_view as V
+    from xaiscope.dashboard.tracin import TracInExplorer
+
+    d = V.load_mislabel_summary()
+    flipped = np.asarray(d["flipped"], bool)
+    p = flipped.mean()
+    for name in ("self_influence", "loss"):
+        # area under (fraction inspected, fraction found) = p/2 + (1 - p) ROC-AUC
+        roc = roc_auc_score(flipped, np.asarray(d[name]))
+        assert d["auc"][name] == pytest.approx(p / 2 + (1 - p) * roc, abs=2e-3)
+        x, y = d["curves"][name]
+        assert x[0] == 0 and x[-1] == 1 and y[-1] == 1
+    assert d["auc"]["random"] == pytest.approx(0.5, abs=0.02)
+    assert d["config"]["n_flipped"] == flipped.sum()
+    el, _ = TracInExplorer.mislabel_element()
+    np.testing.assert_allclose(el.get(0).dimension_values(1), d["curves"]["self_influence"][1])
+
+
+def test_diagnostic_warnings_become_alerts(cache, monkeypatch):
+    import panel as pn
+    from xaiscope.core import influence_eval
+    from xaiscope.dashboard.tracin import TracInExplorer
+
+    monkeypatch.setattr(influence_eval, "CARDINALITY_MIN", 1.01)  # every top-k set counts as concentrated
+    v = TracInExplorer(cache_dir=cache)
+    v.__panel__()
+    assert v.diag["cardinality"]["flag"] and v.diag["warnings"]
+    alerts = [o for o in v._diag_box.objects if isinstance(o, pn.pane.Alert)]
+    assert alerts and "concentrated" in alerts[0].object
+
+
+def test_layout_renders_and_updates_in_place(view):
+    root = view.__panel__().get_root()
+    assert root is not None
+    before = view.__panel__()
+    old = view.version
+    view.test = view.test_labels[11]
+    assert view.__panel__() is before and view.version > old
+    assert list(view._prop_t.value["example"]) == list(view.ranked_frame().query("role == 'proponent'").example)
+
+
+def test_hydro_windows_are_the_basin_data(cache):
+    """One checkpoint of the hydrology series (fast): windows and their precipitation come from the basin."""
+    from xaiscope.core import influence as I
+    from xaiscope.data.camels import demo_basin
+    from xaiscope.dashboard.tracin import TracInExplorer
+
+    v = TracInExplorer(run=[str(HYDRO_RUN / "epoch_080")], cache_dir=cache)
+    assert v.error == "", v.error
+    assert v.kind == "hydro_lstm" and v.method == "last_layer"
+    ds = demo_basin()
+    v.set_test_near(np.datetime64("2005-04-20"))
+    assert v.test == "2005-04-20"
+    i = int(v.topk.proponents[0])
+    ckpt = I.load_run([HYDRO_RUN / "epoch_080"])
+    ref = I.tracin(ckpt, v.ctx.train, v.ctx.test.subset([v.test_index]), method="last_layer")
+    np.testing.assert_array_equal(v.topk.proponents, I.top_k(ref.scores[0], v.k).proponents)
+    w = v.hydro_window("train", i)
+    assert len(w) == 365 and w.index[-1] == pd.Timestamp(v.ctx.train.index[i])
+    np.testing.assert_allclose(w["prcp"].values, ds["prcp"].sel(time=w.index).values, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(w["qobs"].values, ds["qobs"].sel(time=w.index).values, equal_nan=True)
+    el = v.thumb_element("proponent", 0)
+    np.testing.assert_allclose(el.get(0).dimension_values(1), w["prcp"].values)
+
+
+# ------------------------------------------------------------------------------------------------ browser
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+@pytest.mark.browser
+def test_browser_pick_test_example_and_open_proponent(tmp_path, sst):
+    from browser_utils import CHROMIUM, TITLES_JS, browser_page, served_app
+
+    if not CHROMIUM.exists():
+        pytest.skip("needs /usr/bin/chromium")
+    months = [f"{pd.Timestamp(t):%Y-%m}" for t in sst[2].index]
+    first, second = months[10], months[50]
+    has = "(t) => { const f = " + TITLES_JS + "; return f().some(s => s.includes(t)); }"
+    with served_app(log_path=tmp_path / "server.log", timeout=180,
+                    env={"XAISCOPE_CACHE_DIR": str(tmp_path / "cache")}) as (url, _, log):
+        with browser_page() as page:
+            page.goto(url + "?view=tracin&model=sst_qoi_lag03&test=" + first, timeout=240_000)
+            page.wait_for_function(has, arg="test " + first, timeout=240_000)
+            page.locator("select").filter(has_text=second).first.select_option(second)
+            page.wait_for_function(has, arg="test " + second, timeout=60_000)
+            row = page.locator(".tabulator-row").first
+            row.wait_for(timeout=60_000)
+            name = row.locator("[tabulator-field=example]").inner_text()
+            row.locator("[tabulator-field=example]").click()
+            page.wait_for_function(has, arg=f"training {name}", timeout=60_000)
+            page.wait_for_function("(n) => window.location.search.includes('train=' + n)", arg=name, timeout=30_000)
+            page.wait_for_timeout(1000)
+            assert page.external_requests == []
+            assert page.console_errors == [], page.console_errors

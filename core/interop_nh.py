@@ -78,11 +78,13 @@ class NeuralHydrologyError(CheckpointError):
 
 # ----------------------------------------------------------------------------------------------- files
 def is_nh_run(path: str | Path) -> bool:
-    """True for a neuralhydrology run directory (``config.yml``, no xaiscope ``manifest.json``) or one of its
-    ``model_epochNNN.pt`` files."""
+    """True for a neuralhydrology run directory (``config.yml`` beside ``model_epochNNN.pt`` files or a
+    ``train_data`` folder, no xaiscope ``manifest.json``) or one of its ``model_epochNNN.pt`` files."""
     path = Path(path)
     if path.is_dir():
-        return (path / CONFIG_FILE).is_file() and not (path / "manifest.json").exists()
+        if not (path / CONFIG_FILE).is_file() or (path / "manifest.json").exists():
+            return False
+        return (path / "train_data").is_dir() or any(EPOCH_RE.fullmatch(p.name) for p in path.iterdir())
     return bool(EPOCH_RE.fullmatch(path.name)) and (path.parent / CONFIG_FILE).is_file()
 
 

@@ -201,3 +201,13 @@ def test_against_neuralhydrology_directly(travelled_run):
     np.testing.assert_allclose(internals.c[:, :, 0].numpy(), ref["c_n"].numpy(), atol=1e-5)
     np.testing.assert_allclose(ckpt.model.predict_sequence(x).detach().numpy(), ref["y_hat"][..., 0].numpy(),
                                atol=1e-5)
+
+
+def test_own_series_with_a_config_file_is_not_taken_for_a_run(tmp_path):
+    """A folder of xaiscope epoch checkpoints that happens to hold a config.yml stays an xaiscope series."""
+    series = tmp_path / "series"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "assets" / "checkpoints" / "hydro_synthetic", series)
+    (series / "config.yml").write_text("anything: 1\n")
+    assert not is_nh_run(series)
+    assert all(p.name.startswith("epoch_") for p in list_series(series))
+    assert load_checkpoint(series).kind == "hydro_lstm"

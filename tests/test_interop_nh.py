@@ -211,3 +211,20 @@ def test_own_series_with_a_config_file_is_not_taken_for_a_run(tmp_path):
     assert not is_nh_run(series)
     assert all(p.name.startswith("epoch_") for p in list_series(series))
     assert load_checkpoint(series).kind == "hydro_lstm"
+
+
+def test_app_opens_a_run_directory(travelled_run):
+    """The sidebar's "Open checkpoint" (AppState.add_checkpoint) takes a run directory; a refused run shows why."""
+    pytest.importorskip("panel")
+    from xaiscope.dashboard.state import AppState
+
+    state = AppState(data="demo", allowed_roots=[str(travelled_run.parent)])
+    label = state.add_checkpoint(str(travelled_run))
+    assert label is not None and state.checkpoint == label
+    assert state.ok and state.ckpt.manifest["neuralhydrology"]["model"] == "cudalstm"
+    bad = travelled_run.parent / "ea_run"
+    shutil.copytree(travelled_run, bad)
+    _edit_config(bad, "model", "ealstm")
+    assert state.add_checkpoint(str(bad)) is None
+    assert "'ealstm' is not supported" in state.error
+    assert state.checkpoint == label

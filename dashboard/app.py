@@ -30,6 +30,7 @@ log = logging.getLogger("xaiscope.dashboard")
 register_view("cells", "LSTM cell states (rainfall-runoff)", CellStateExplorer,
               "What the hydrology LSTM stores in its cells: snow, soil water, seasonality.")
 import xaiscope.dashboard.enso  # noqa: E402,F401 - registers the ENSO view
+import xaiscope.dashboard.lrp  # noqa: E402,F401 - registers the LRP-vs-adjoint view
 import xaiscope.dashboard.tracin  # noqa: E402,F401 - registers the TracIn view
 
 URL_KEYS = {"mode": "mode", "date": "date", "layer": "layer", "gate": "internal", "cells": "cells"}

@@ -1,0 +1,908 @@
+"""The LRP-vs-adjoint view: relevance maps of the SST-QoI networks beside the LIM adjoint sensitivity.
+
+In a notebook::
+
+    import panel as pn
+    from xaiscope.dashboard.lrp import LrpAdjointExplorer
+    pn.extension()
+    LrpAdjointExplorer()                     # every shipped lag (assets/checkpoints/sst_qoi_lagNN)
+    LrpAdjointExplorer(checkpoint="assets/checkpoints/sst_qoi_lag03", lag=3, rule="zplus")
+
+What is explained: the network of the selected lag predicts the sign of the QoI (area-weighted mean SST anomaly in
+the NE-Pacific box of its manifest) at month t from the SST anomaly map at t − lag. ``explain="month"`` explains
+the predicted class of one target month t; ``"positive"`` / ``"negative"`` average the maps over every correctly
+predicted positive / negative case of the record (the composite). Relevance is evidence *for the explained class*.
+
+The adjoint side is the LIM (20 EOF modes, fitted on the whole record) sensitivity ∂QoI(t)/∂SST(t − lag) of the same
+QoI at the same lag (:meth:`xaiscope.core.lim.LIM.adjoint_sensitivity`), or a sensitivity read from a NetCDF file
+(:func:`xaiscope.data.sensitivity.read_sensitivity`). ``adjoint="sensitivity_x_input"`` multiplies it by the input
+anomaly (the first-order contribution of each cell to the QoI) and by −1 for the negative class, so that it has the
+relevance's sign convention; ``"sensitivity"`` shows the sensitivity itself.
+
+Caches (per process): the data, the LIM and the region masks once; the LIM adjoint per lag; explanations per
+(checkpoint sha256, rule, target: month or composite); metric curves over all lags per (rule, target, adjoint, k).
+Maps are drawn with GeoViews in the Pacific-centred frame of the ENSO view, with its shipped coastlines.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import panel as pn
+import param
+import xarray as xr
+
+from xaiscope.core.errors import XaiscopeError
+from xaiscope.dashboard.enso import LAT_TICKS, LON_TICKS
+
+log = logging.getLogger("xaiscope.dashboard")
+
+#: rule key (URL value) → (label, method of core.relevance.explain, keyword arguments)
+RULES: dict[str, tuple[str, str, dict]] = {
+    "epsilon": ("LRP ε", "lrp", {"rule": "epsilon", "epsilon": 1e-6}),
+    "zplus": ("LRP z⁺", "lrp", {"rule": "zplus", "epsilon": 1e-6}),
+    "alpha1beta0_zb": ("LRP α1β0, z^B first layer", "lrp", {"rule": "alpha1beta0", "first_rule": "zbox",
+                                                             "epsilon": 1e-6}),
+    "gradient_x_input": ("gradient × input", "gradient_x_input", {}),
+    "integrated_gradients": ("integrated gradients", "integrated_gradients", {"n_steps": 64}),
+}
+EXPLAIN = {"month": "one month", "positive": "composite: correct positive cases",
+           "negative": "composite: correct negative cases"}
+ADJOINT = {"sensitivity": "adjoint sensitivity ∂QoI/∂SST", "sensitivity_x_input": "adjoint sensitivity × input"}
+AGREE_COLORS = ["#f0f0f0", "#e66101", "#5e3c99", "#1a9641"]  # neither, only relevance, only sensitivity, both
+REGION_LABELS = {"southern_ocean": "Southern Ocean", "equatorial_pacific_waveguide": "equatorial Pacific",
+                 "eastern_boundary": "eastern boundary", "north_pacific": "North Pacific",
+                 "indian_ocean": "Indian Ocean", "atlantic": "Atlantic", "other": "other"}
+SHARE_COLORS = {"relevance": "#e66101", "adjoint": "#5e3c99"}
+CURVES = (("pattern_correlation", "#1f77b4", "pattern correlation"), ("topk_jaccard", "#2ca02c", "top-k % Jaccard"),
+          ("sign_agreement", "#d62728", "sign agreement"))
+METRICS = ("pattern_correlation", "topk_jaccard", "sign_agreement", "sign_agreement_top")
+LIM_MODES = 20
+IG_CHUNK = 32  # samples per integrated-gradients batch (keeps the path tensor in cache)
+
+
+def _ig_dtype():
+    import torch
+
+    return torch.float32  # 2-3× faster than float64 on a CPU; the completeness badge shows the error
+
+
+# ------------------------------------------------------------------------------------------------ set-up
+@dataclass
+class LagModel:
+    lag: int
+    ckpt: object                 # xaiscope.core.checkpoint.Checkpoint
+    x: np.ndarray                # (N, n_sea) normalised inputs, sample n ↔ target month target_time[n]
+    x_raw: np.ndarray            # (N, n_sea) SST anomaly at the input month (degC)
+    y: np.ndarray                # (N,) true class (QoI(t) > 0)
+    pred: np.ndarray             # (N,) predicted class
+    target_time: pd.DatetimeIndex
+    input_time: pd.DatetimeIndex
+    low: np.ndarray              # per-input bounds for the z^B rule: min / max of the normalised inputs
+    high: np.ndarray
+
+    def rows(self, explain: str, month: str) -> np.ndarray:
+        """Sample rows of a target: the month's row, or every correctly predicted positive/negative case."""
+        if explain == "month":
+            hit = np.flatnonzero(self.target_time == pd.Timestamp(month))
+            if not hit.size:
+                raise XaiscopeError(f"month {month!r} is not a target month of lag {self.lag} "
+                                    f"({self.target_time[0]:%Y-%m}..{self.target_time[-1]:%Y-%m}).")
+            return hit[:1]
+        cls = 1 if explain == "positive" else 0
+        return np.flatnonzero((self.pred == cls) & (self.y == cls))
+
+
+@dataclass
+class LrpSetup:
+    """What does not depend on the selection: data, networks per lag, LIM, region masks, and the caches."""
+
+    ds: xr.Dataset
+    models: dict[int, LagModel]
+    lim: object
+    qoi_w: xr.DataArray
+    land_mask: xr.DataArray
+    regions: xr.DataArray
+    box: tuple
+    seconds: float
+    adjoints: dict = field(default_factory=dict)
+    explanations: dict = field(default_factory=dict)
+    curves: dict = field(default_factory=dict)
+
+    @property
+    def lags(self) -> list[int]:
+        return sorted(self.models)
+
+    @property
+    def months(self) -> list[str]:
+        """Target months every lag can explain."""
+        common = None
+        for m in self.models.values():
+            s = set(m.target_time)
+            common = s if common is None else common & s
+        return [f"{t:%Y-%m}" for t in sorted(common)]
+
+    def adjoint(self, lag: int) -> xr.DataArray:
+        """LIM adjoint sensitivity at ``lag`` (cached)."""
+        if lag not in self.adjoints:
+            self.adjoints[lag] = self.lim.adjoint_sensitivity(self.qoi_w, lag)
+        return self.adjoints[lag]
+
+    def explanation(self, lag: int, rule: str, explain: str, month: str):
+        """(rows, Explanation) of the target (cached per checkpoint sha256, rule and target)."""
+        m = self.models[lag]
+        key = (m.ckpt.sha256, rule, explain if explain != "month" else month)
+        if key not in self.explanations:
+            rows = m.rows(explain, month)
+            self.explanations[key] = (rows, explain_rows(m, rule, rows))
+        return self.explanations[key]
+
+
+def explain_x(model, x: np.ndarray, target: np.ndarray, rule: str, low=None, high=None):
+    """The core explanation (:func:`xaiscope.core.relevance.explain`) of inputs ``x`` for classes ``target`` with
+    ``rule`` (bounds ``low``/``high`` for the z^B first layer). Integrated gradients run in chunks of
+    :data:`IG_CHUNK` samples in float32."""
+    from xaiscope.core.relevance import Explanation, explain
+
+    _, method, kw = RULES[rule]
+    kw = dict(kw)
+    if kw.get("first_rule") == "zbox":
+        kw.update(low=low, high=high)
+    target = np.asarray(target)
+    if not len(x):
+        return Explanation(np.zeros((0, x.shape[1])), method, target, np.zeros(0), {})
+    if method != "integrated_gradients":
+        return explain(model, x, method, target=target, **kw)
+    parts = [explain(model, x[i:i + IG_CHUNK], method, target=target[i:i + IG_CHUNK], dtype=_ig_dtype(), **kw)
+             for i in range(0, len(x), IG_CHUNK)]
+    return Explanation(np.concatenate([p.relevance for p in parts]), parts[0].method,
+                       np.concatenate([p.target for p in parts]), np.concatenate([p.logit for p in parts]),
+                       {k: np.concatenate([p.checks[k] for p in parts]) for k in parts[0].checks})
+
+
+def explain_rows(m: LagModel, rule: str, rows: np.ndarray):
+    """:func:`explain_x` of samples ``rows`` of lag model ``m``; the explained class is the predicted one."""
+    return explain_x(m.ckpt.model, m.x[rows], m.pred[rows], rule, m.low, m.high)
+
+
+def _absmax(da: xr.DataArray) -> float:
+    v = np.abs(np.asarray(da.values, dtype=float))
+    return float(np.nanmax(v)) if np.isfinite(v).any() else 0.0
+
+
+_SETUPS: dict[tuple, LrpSetup] = {}
+
+
+def default_checkpoints() -> list[Path]:
+    """The shipped series ``assets/checkpoints/sst_qoi_lagNN`` (every lag that has one)."""
+    from xaiscope.assets import ASSETS
+
+    return sorted((ASSETS / "checkpoints").glob("sst_qoi_lag[0-9][0-9]"))
+
+
+def _load(spec):
+    from xaiscope.core import sst_qoi  # noqa: F401 - registers the model kind
+    from xaiscope.core.checkpoint import Checkpoint, load_checkpoint
+
+    ck = spec if isinstance(spec, Checkpoint) else load_checkpoint(spec)
+    if ck.manifest.get("kind") != "sst_qoi_mlp":
+        raise XaiscopeError(f"checkpoint {ck.path} is a {ck.manifest.get('kind')!r} model; the LRP-vs-adjoint view "
+                            f"needs 'sst_qoi_mlp' checkpoints (xaiscope train sst-qoi).")
+    return ck
+
+
+def prepare(checkpoint=None, sst: xr.Dataset | None = None) -> LrpSetup:
+    """Load the networks (one per lag), the data and the LIM; cached per checkpoint set and data."""
+    from xaiscope.core.agreement import region_masks
+    from xaiscope.core.lim import fit_lim
+    from xaiscope.core.sst_qoi import checkpoint_inputs, make_qoi_samples, qoi_weights
+    from xaiscope.data.sst import demo_sst
+
+    import torch
+
+    specs = default_checkpoints() if checkpoint is None else (
+        list(checkpoint) if isinstance(checkpoint, (list, tuple)) else [checkpoint])
+    if not specs:
+        raise XaiscopeError("no SST-QoI checkpoint given and none shipped; train one with "
+                            "`xaiscope train sst-qoi --lag 3 --out DIR`.")
+    t0 = time.perf_counter()
+    ckpts = [_load(s) for s in specs]
+    key = (tuple(c.sha256 for c in ckpts), id(sst) if sst is not None else "demo")
+    if key in _SETUPS:
+        return _SETUPS[key]
+    ds = sst if sst is not None else demo_sst(with_ssh=False)
+    boxes = {(tuple(c.manifest["box"]["lat_bounds"]), tuple(c.manifest["box"]["lon_bounds"])) for c in ckpts}
+    if len(boxes) != 1:
+        raise XaiscopeError(f"the checkpoints explain different QoI boxes {sorted(boxes)}; open checkpoints of one "
+                            f"box together.")
+    box = boxes.pop()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a repaired noise covariance does not change the deterministic adjoint
+        lim = fit_lim(ds["sst_anomaly"], ds["land_mask"] if "land_mask" in ds else None, n_modes=LIM_MODES)
+    land = lim.land_mask
+    dsm = ds.assign(land_mask=land)
+    models: dict[int, LagModel] = {}
+    for ck in ckpts:
+        lag = int(ck.manifest["lag"])
+        if lag in models:
+            raise XaiscopeError(f"two checkpoints for lag {lag} ({models[lag].ckpt.path}, {ck.path}); give one per "
+                                f"lag.")
+        sea = np.flatnonzero((land.values == 0).ravel())
+        if not np.array_equal(sea, np.asarray(ck.manifest["sea_cells"])):
+            raise XaiscopeError(f"checkpoint {ck.path} uses other sea cells than the SST data's land mask; use the "
+                                f"data it was trained on (see its manifest's 'data').")
+        s = make_qoi_samples(dsm, lag, *box, land_mask=land)
+        x = checkpoint_inputs(ck.manifest, ds)
+        model = ck.model.eval()
+        with torch.no_grad():
+            pred = model(torch.as_tensor(x[:len(s.y)])).argmax(1).numpy()
+        models[lag] = LagModel(lag, ck, x[:len(s.y)], s.x, s.y, pred, pd.DatetimeIndex(s.target_time),
+                               pd.DatetimeIndex(s.input_time), x.min(0), x.max(0))
+    setup = LrpSetup(ds=dsm, models=models, lim=lim, qoi_w=qoi_weights(dsm, *box), land_mask=land,
+                     regions=region_masks(land), box=box, seconds=time.perf_counter() - t0)
+    _SETUPS[key] = setup
+    return setup
+
+
+# ------------------------------------------------------------------------------------------------ the view
+class LrpAdjointExplorer(pn.viewable.Viewer):
+    """LRP (and gradient) relevance of the SST-QoI networks beside the LIM adjoint sensitivity, with agreement
+    metrics over lags, checks and the randomisation test.
+
+    Parameters
+    ----------
+    checkpoint : an ``sst_qoi_mlp`` checkpoint (folder, series folder, loaded ``Checkpoint``) or a list of them, one
+        per lag; default: every shipped lag.
+    sst : ``xr.Dataset`` with ``sst_anomaly`` (time, lat, lon) and ``land_mask`` on the checkpoints' grid
+        (default: the shipped 5° ERSSTv5 anomalies).
+    state : the app's shared state (accepted for the registry; used only to confine typed file paths).
+    """
+
+    lag = param.Integer(default=3, bounds=(0, 12), doc="months between the input map and the target month")
+    rule = param.Selector(default="epsilon", objects=list(RULES), doc="relevance rule")
+    explain = param.Selector(default="positive", objects=list(EXPLAIN), doc="one month or a composite")
+    month = param.String(default="", doc="target month t (YYYY-MM) when explain = month")
+    adjoint = param.Selector(default="sensitivity", objects=list(ADJOINT), doc="adjoint map shown and compared")
+    source = param.Selector(default="lim", objects=["lim", "file"], doc="LIM adjoint or a loaded NetCDF file")
+    k = param.Number(default=10.0, bounds=(1.0, 50.0), doc="'large' = the top k % of the sea area")
+    support = param.Number(default=0.1, bounds=(0.0, 1.0),
+                           doc="a relevance hot spot has no adjoint support where |adjoint| < support × max")
+    error = param.String(default="", doc="last error shown to the user")
+    rand_runs = param.Integer(default=0, precedence=-1, doc="randomisation checks run (redraws their plot)")
+
+    def __init__(self, checkpoint=None, sst: xr.Dataset | None = None, state=None, **params):
+        super().__init__(**params)
+        self.timings: dict[str, float] = {}
+        self._alert = pn.pane.Alert("", alert_type="danger", visible=False)
+        self._roots = getattr(state, "allowed_roots", None)
+        self.setup: LrpSetup | None = None
+        self.file_sensitivity: xr.DataArray | None = None
+        self.randomisation: pd.DataFrame | None = None
+        self._layout = None
+        self._memo: dict = {}
+        try:
+            self.setup = prepare(checkpoint, sst)
+        except Exception as err:  # noqa: BLE001 - shown to the user, app keeps running
+            from xaiscope.dashboard.state import describe_error
+
+            log.error("LRP view: cannot prepare", exc_info=True)
+            self._show_error(f"Cannot prepare the LRP-vs-adjoint view: {describe_error(err)}")
+            return
+        lags = self.setup.lags
+        self.param.lag.bounds = (lags[0], lags[-1])
+        if self.lag not in lags:
+            self.lag = min(lags, key=lambda v: abs(v - self.lag))
+        if self.month not in self.setup.months:
+            self.month = self._default_month()
+        self.param.watch(self._check_lag, ["lag"])
+        self.param.watch(self._check_month, ["month"])
+        # before the plots' streams: a new selection drops the old randomisation result
+        self.param.watch(lambda *_: setattr(self, "randomisation", None), ["lag", "rule", "explain", "month"])
+
+    # ------------------------------------------------------------------------------ selection logic
+    def _default_month(self) -> str:
+        """The target month with the largest QoI among the months every lag explains."""
+        m = self.setup.models[self.setup.lags[0]]
+        q = pd.Series(self.setup.ds["sst_anomaly"].fillna(0).dot(self.setup.qoi_w.fillna(0)).values,
+                      index=pd.DatetimeIndex(self.setup.ds.time.values))
+        q = q[[f"{t:%Y-%m}" in set(self.setup.months) for t in q.index]]
+        return f"{q.idxmax():%Y-%m}" if len(q) else f"{m.target_time[-1]:%Y-%m}"
+
+    def _check_lag(self, event):
+        lags = self.setup.lags
+        if event.new not in lags:
+            self.lag = min(lags, key=lambda v: abs(v - event.new))
+
+    def _check_month(self, event):
+        if event.new not in self.setup.months:
+            months = self.setup.months
+            self._show_error(f"month {event.new!r} is not a target month of every lag ({months[0]}..{months[-1]}); "
+                             f"pick one with the month slider.")
+            message = self.error
+            self.month = event.old if event.old in months else self._default_month()
+            self._show_error(message)
+        elif self.error.startswith("month"):
+            self._show_error("")
+
+    def _show_error(self, message: str) -> None:
+        self.error = message
+        self._alert.param.update(object=message or " ", visible=bool(message))
+
+    @property
+    def model(self) -> LagModel:
+        return self.setup.models[self.lag]
+
+    def _key(self, lag=None) -> tuple:
+        return (self.lag if lag is None else lag, self.rule, self.explain,
+                self.month if self.explain == "month" else "", self.adjoint, self.source, float(self.k),
+                float(self.support), id(self.file_sensitivity))
+
+    # ------------------------------------------------------------------------------ data of the plots
+    def explanation(self, lag: int | None = None):
+        """(rows, core Explanation) of the current target at ``lag`` (default: the selected lag)."""
+        return self.setup.explanation(self.lag if lag is None else lag, self.rule, self.explain, self.month)
+
+    def _grid_map(self, values: np.ndarray, name: str, attrs: dict) -> xr.DataArray:
+        from xaiscope.core.sst_qoi import to_map
+
+        return to_map(values, self.model.ckpt.manifest, name=name, attrs=attrs)
+
+    def relevance_map(self, lag: int | None = None) -> xr.DataArray:
+        """The relevance (lat, lon) of the selected rule: one month's, or the mean over the composite's cases."""
+        lag = self.lag if lag is None else lag
+        rows, e = self.explanation(lag)
+        vals = e.relevance[0] if self.explain == "month" else (
+            e.relevance.mean(0) if len(rows) else np.full(e.relevance.shape[1], np.nan))
+        return self._grid_map(vals, "relevance", {
+            "long_name": f"{RULES[self.rule][0]} relevance for the explained class", "units": "logit",
+            "rule": self.rule, "method": e.method, "lag": lag, "n_cases": int(len(rows))})
+
+    def sensitivity_map(self, lag: int | None = None) -> xr.DataArray:
+        """∂QoI(t)/∂SST(t − lag): the LIM's, or the loaded file's (NaN when the file has no map for ``lag``)."""
+        lag = self.lag if lag is None else lag
+        if self.source == "file" and self.file_sensitivity is not None:
+            f = self.file_sensitivity
+            if lag in f.lag.values:
+                out = f.sel(lag=lag).drop_vars("lag", errors="ignore").rename("sensitivity")
+            else:
+                out = xr.full_like(self.setup.adjoint(lag), np.nan).rename("sensitivity")
+            out.attrs = {"long_name": f"sensitivity of the QoI to SST {lag} months earlier (file)", "units": "1",
+                         "source": f.attrs.get("source", ""), "files": f.attrs.get("files", "")}
+            return out
+        return self.setup.adjoint(lag)
+
+    def adjoint_map(self, lag: int | None = None) -> xr.DataArray:
+        """The adjoint map compared with the relevance: the sensitivity, or sensitivity × input signed for the
+        explained class (mean over the composite's cases)."""
+        lag = self.lag if lag is None else lag
+        sens = self.sensitivity_map(lag)
+        if self.adjoint == "sensitivity":
+            out = sens.copy()
+            out.name = "adjoint"
+            return out
+        m = self.setup.models[lag]
+        rows, e = self.explanation(lag)
+        sea = np.asarray(m.ckpt.manifest["sea_cells"])
+        s = sens.values.ravel()[sea]
+        sign = np.where(np.asarray(e.target) == 1, 1.0, -1.0)[:, None]
+        contrib = sign * m.x_raw[rows] * s[None]
+        vals = contrib[0] if self.explain == "month" else (contrib.mean(0) if len(rows) else np.full(s.shape, np.nan))
+        return self._grid_map(vals, "adjoint", {
+            "long_name": "adjoint sensitivity × input anomaly, signed for the explained class", "units": "degC",
+            "lag": lag})
+
+    def maps(self) -> dict[str, xr.DataArray]:
+        """relevance, adjoint, agreement (0 neither, 1 only relevance, 2 only sensitivity, 3 both) and
+        ``unsupported`` (relevance hot spots where |adjoint| < support × max |adjoint|), memoised per selection."""
+        key = self._key()
+        if key not in self._memo:
+            from xaiscope.core.agreement import agreement_map
+
+            rel, adj = self.relevance_map(), self.adjoint_map()
+            ok = np.isfinite(rel.values) & np.isfinite(adj.values)
+            if ok.sum() >= 3 and np.nanmax(np.abs(rel.values)) > 0 and np.nanmax(np.abs(adj.values)) > 0:
+                agree = agreement_map(rel, adj, self.k)
+                weak = np.abs(adj.values) < self.support * np.nanmax(np.abs(adj.values))
+                unsup = (agree.values == 1) & weak
+            else:
+                agree = xr.full_like(rel, np.nan).rename("agreement")
+                unsup = np.zeros(rel.shape, bool)
+            unsupported = xr.DataArray(unsup, dims=("lat", "lon"), coords={"lat": rel.lat, "lon": rel.lon},
+                                       name="unsupported", attrs={
+                                           "long_name": "large relevance where |adjoint| < support × its maximum",
+                                           "support": self.support, "k_percent": self.k})
+            self._memo = {key: {"relevance": rel, "adjoint": adj, "agreement": agree, "unsupported": unsupported}}
+        return self._memo[key]
+
+    def metrics(self, lag: int | None = None) -> dict:
+        """core.agreement.compare of the relevance and the adjoint map at ``lag`` (NaN when not comparable)."""
+        from xaiscope.core.agreement import compare, region_shares
+
+        lag = self.lag if lag is None else lag
+        rel, adj = self.relevance_map(lag), self.adjoint_map(lag)
+        nan = {"pattern_correlation": np.nan, "topk_jaccard": np.nan, "sign_agreement": np.nan,
+               "sign_agreement_top": np.nan}
+        ok = np.isfinite(rel.values) & np.isfinite(adj.values)
+        if ok.sum() < 3 or not np.nanmax(np.abs(adj.values)) > 0 or not np.nanmax(np.abs(rel.values)) > 0:
+            out = dict(nan)
+        else:
+            out = compare(rel, adj, self.k)
+        out["relevance_shares"] = region_shares(rel, self.setup.regions)
+        out["adjoint_shares"] = region_shares(adj, self.setup.regions) if np.isfinite(adj.values).any() else {
+            r: np.nan for r in self.setup.regions.region.values}
+        return out
+
+    def curves(self) -> pd.DataFrame:
+        """Metrics at every lag with a checkpoint (index lag): pattern correlation, Jaccard, sign agreement and
+        each map's region shares; computed once per (rule, target, adjoint, k) and cached."""
+        key = self._key(lag=-1)
+        if key not in self.setup.curves:
+            t0 = time.perf_counter()
+            rows = []
+            for lag in self.setup.lags:
+                mt = self.metrics(lag)
+                row = {"lag": lag, **{k: mt[k] for k in ("pattern_correlation", "topk_jaccard", "sign_agreement",
+                                                         "sign_agreement_top")}}
+                row.update({f"relevance_{r}": v for r, v in mt["relevance_shares"].items()})
+                row.update({f"adjoint_{r}": v for r, v in mt["adjoint_shares"].items()})
+                rows.append(row)
+            self.setup.curves[key] = pd.DataFrame(rows).set_index("lag")
+            self.timings["curves_s"] = time.perf_counter() - t0
+        return self.setup.curves[key]
+
+    def shares(self) -> pd.DataFrame:
+        """Region shares of both maps at the selected lag (index region)."""
+        c = self.curves().loc[self.lag]
+        regions = list(self.setup.regions.region.values)
+        return pd.DataFrame({"relevance": [c[f"relevance_{r}"] for r in regions],
+                             "adjoint": [c[f"adjoint_{r}"] for r in regions]}, index=pd.Index(regions, name="region"))
+
+    def remote_regions(self) -> list[str]:
+        """Regions holding ≥ 5 % of the relevance but less than a third of that share of the adjoint map."""
+        sh = self.shares()
+        bad = sh[(sh.relevance >= 0.05) & ~(sh.adjoint >= sh.relevance / 3)]
+        return [r for r in bad.index if r != "other"]
+
+    def checks(self) -> dict[str, float]:
+        """Badges: mean conservation (Σ relevance / explained logit), mean bias share, IG completeness delta."""
+        rows, e = self.explanation()
+        out = {"n_cases": int(len(rows))}
+        if len(rows):
+            out.update(e.summary())
+        return out
+
+    # ------------------------------------------------------------------------------ what the plots get
+    def titles(self) -> dict[str, str]:
+        src = "LIM" if self.source == "lim" or self.file_sensitivity is None else "file"
+        what = "sensitivity" if self.adjoint == "sensitivity" else "sensitivity × input"
+        mp = self.maps()
+        return {
+            "relevance": f"{RULES[self.rule][0]}, lag {self.lag}: {self._what()}",
+            "adjoint": f"{src} adjoint {what}, lag {self.lag}",
+            "relevance_bar": f"÷ {_absmax(mp['relevance']):.3g}",
+            "adjoint_bar": f"÷ {_absmax(mp['adjoint']):.3g}",
+            "agreement": f"Top {self.k:g} % areas; × = large relevance without adjoint support",
+            "shares": f"Share of Σ|map| by region, lag {self.lag}",
+            "randomisation": f"Randomisation check ({RULES[self.rule][0]}, lag {self.lag})",
+        }
+
+    def plot_data(self) -> dict[str, dict]:
+        """The columns each plot is fed (images scaled by their map's max |value|, in the frame x = lon − 180)."""
+        mp = self.maps()
+        lat, lon = mp["relevance"].lat.values, mp["relevance"].lon.values
+        dlat = float(lat[1] - lat[0]) if lat.size > 1 else 5.0
+        dlon = float(lon[1] - lon[0]) if lon.size > 1 else 5.0
+        geo = {"x": [float(lon[0] - 180.0 - dlon / 2)], "y": [float(lat[0] - dlat / 2)],
+               "dw": [float(dlon * lon.size)], "dh": [float(dlat * lat.size)]}
+
+        def scaled(da):
+            v = np.asarray(da.values, dtype=float)
+            m = _absmax(da)
+            return np.ascontiguousarray(v / m if m > 0 else v)
+
+        u = mp["unsupported"].values
+        ii, jj = np.nonzero(u)
+        df = self.curves()
+        sh = self.shares()
+        factors = [(REGION_LABELS[r], m) for r in sh.index for m in ("relevance", "adjoint")]
+        out = {
+            "relevance": {"image": [scaled(mp["relevance"])], **geo},
+            "adjoint": {"image": [scaled(mp["adjoint"])], **geo},
+            "agreement": {"image": [np.ascontiguousarray(np.asarray(mp["agreement"].values, dtype=float))], **geo},
+            "unsupported": {"x": lon[jj] - 180.0, "y": lat[ii]},
+            "curves": {"lag": df.index.values.astype(float), **{c: df[c].values for c in METRICS}},
+            "shares": {"x": factors, "share": np.array([float(sh.loc[r, m]) for r in sh.index
+                                                        for m in ("relevance", "adjoint")]),
+                       "color": [SHARE_COLORS[m] for _, m in factors]},
+        }
+        r = self.randomisation
+        if r is None:
+            out["randomisation"] = {"n_randomised": np.zeros(0), "spearman": np.zeros(0), "spearman_abs": np.zeros(0)}
+        else:
+            out["randomisation"] = {"n_randomised": np.r_[0.0, r.n_randomised.values.astype(float)],
+                                    "spearman": np.r_[1.0, r.spearman.values],
+                                    "spearman_abs": np.r_[1.0, r.spearman_abs.values]}
+        return out
+
+    def plot_sources(self) -> dict[str, dict]:
+        """The data the Bokeh plots hold now (``ColumnDataSource.data`` by name)."""
+        return {k: dict(src.data) for k, src in self._src.items()}
+
+    def _guard(self, fn, empty):
+        try:
+            return fn()
+        except Exception as err:  # noqa: BLE001 - show it, keep the app running
+            from xaiscope.dashboard.state import describe_error
+
+            log.error("LRP view: update failed", exc_info=True)
+            self._show_error(describe_error(err))
+            return empty
+
+    def _what(self) -> str:
+        if self.explain == "month":
+            m = self.model
+            i = m.rows("month", self.month)[0]
+            cls = ("QoI ≤ 0", "QoI > 0")[int(m.pred[i])]
+            return f"{self.month} ← input {m.input_time[i]:%Y-%m}, predicts {cls}"
+        rows, _ = self.explanation()
+        return f"{'positive' if self.explain == 'positive' else 'negative'} composite, {len(rows)} cases"
+
+    def _what_short(self) -> str:
+        return self.month if self.explain == "month" else f"{self.explain} composite"
+
+    # ------------------------------------------------------------------------------ Bokeh plots
+    def _build_plots(self):
+        """The Bokeh figures and their sources; a selection change only replaces source data and titles."""
+        from bokeh.models import (ColorBar, ColumnDataSource, CustomJSTickFormatter, FactorRange, FixedTicker,
+                                  HoverTool, Legend, LegendItem, LinearColorMapper, Range1d, Span)
+        from bokeh.palettes import RdBu11
+        from bokeh.plotting import figure
+
+        from xaiscope.dashboard.enso import coastline_geometries, to_plot_frame
+
+        lat = self.setup.land_mask.lat.values
+        dlat = float(lat[1] - lat[0]) if lat.size > 1 else 5.0
+        self._src = {k: ColumnDataSource() for k in ("relevance", "adjoint", "agreement", "unsupported", "curves",
+                                                      "shares", "randomisation")}
+        coast = to_plot_frame(coastline_geometries("110m"))
+        coast_src = ColumnDataSource({"xs": [c[:, 0] for c in coast], "ys": [c[:, 1] for c in coast]})
+        (la0, la1), (lo0, lo1) = self.setup.box
+        xr_, yr_ = Range1d(-180.0, 180.0), Range1d(float(lat[0] - dlat / 2), float(lat[-1] + dlat / 2))
+        diverging = LinearColorMapper(palette=list(reversed(RdBu11)), low=-1.0, high=1.0, nan_color="#d9d9d9")
+        agree_map = LinearColorMapper(palette=AGREE_COLORS, low=-0.5, high=3.5, nan_color="#d9d9d9")
+        self._figs, self._bars = {}, {}
+
+        def geo_fig(key, mapper, bar_kw):
+            f = figure(height=250, sizing_mode="stretch_width", x_range=xr_, y_range=yr_, title=" ",
+                       tools="pan,wheel_zoom,box_zoom,reset,save", output_backend="canvas", min_border_right=10)
+            f.toolbar.logo = None
+            f.grid.visible = False
+            img = f.image(image="image", x="x", y="y", dw="dw", dh="dh", source=self._src[key], color_mapper=mapper)
+            f.multi_line(xs="xs", ys="ys", source=coast_src, line_color="#333333", line_width=0.8)
+            f.quad(left=[lo0 - 180.0], right=[lo1 - 180.0], bottom=[la0], top=[la1], fill_alpha=0,
+                   line_color="black", line_width=1.5, line_dash="dashed")
+            f.xaxis.formatter = CustomJSTickFormatter(code=LON_TICKS.code)
+            f.yaxis.formatter = CustomJSTickFormatter(code=LAT_TICKS.code)
+            f.add_tools(HoverTool(renderers=[img], tooltips=[("value", "@image{0.000}")]))
+            bar = ColorBar(color_mapper=mapper, width=10, **bar_kw)
+            f.add_layout(bar, "right")
+            self._figs[key] = f
+            self._bars[key] = bar
+            return f
+
+        f_rel = geo_fig("relevance", diverging, {"title": "÷ max |value|"})
+        f_adj = geo_fig("adjoint", diverging, {"title": "÷ max |value|"})
+        f_agr = geo_fig("agreement", agree_map, {"ticker": FixedTicker(ticks=[0, 1, 2, 3]),
+                                                 "major_label_overrides": {0: "neither", 1: "relevance",
+                                                                           2: "adjoint", 3: "both"}})
+        for f in (f_rel, f_agr):
+            f.scatter(x="x", y="y", source=self._src["unsupported"], marker="x", size=9, line_width=2,
+                      color="black")
+
+        f_cur = figure(height=250, sizing_mode="stretch_width", y_range=Range1d(-1.0, 1.0), title="Agreement by lag",
+                       x_axis_label="lag (months)", y_axis_label="metric", tools="pan,box_zoom,reset,save",
+                       output_backend="canvas")
+        f_cur.toolbar.logo = None
+        items = []
+        for col, color, label in CURVES:
+            r = f_cur.line(x="lag", y=col, source=self._src["curves"], color=color, line_width=2)
+            f_cur.scatter(x="lag", y=col, source=self._src["curves"], color=color, size=6)
+            items.append(LegendItem(label=label, renderers=[r]))
+        f_cur.add_layout(Legend(items=items, label_text_font_size="11px", spacing=0, padding=4), "right")
+        self._lag_span = Span(location=float(self.lag), dimension="height", line_color="#555555", line_dash="dashed",
+                              line_width=2)
+        f_cur.add_layout(self._lag_span)
+        f_cur.add_layout(Span(location=0, dimension="width", line_color="#999999", line_width=1))
+        self._figs["curves"] = f_cur
+
+        factors = [(REGION_LABELS[r], m) for r in self.setup.regions.region.values for m in ("relevance", "adjoint")]
+        f_sh = figure(height=250, sizing_mode="stretch_width", x_range=FactorRange(*factors), y_range=Range1d(0, 1),
+                      title=" ", y_axis_label="share of Σ|map|", tools="save", output_backend="canvas")
+        f_sh.toolbar.logo = None
+        f_sh.vbar(x="x", top="share", width=0.85, source=self._src["shares"], fill_color="color", line_color=None)
+        f_sh.xaxis.major_label_orientation = 0.9
+        f_sh.xaxis.group_label_orientation = 0.5
+        f_sh.add_tools(HoverTool(tooltips=[("", "@x"), ("share", "@share{0.000}")]))
+        self._figs["shares"] = f_sh
+
+        f_rand = figure(height=250, sizing_mode="stretch_width", y_range=Range1d(-1.0, 1.05), title=" ",
+                        x_axis_label="layers randomised (from the logits down)", y_axis_label="mean Spearman ρ",
+                        tools="save", output_backend="canvas")
+        f_rand.toolbar.logo = None
+        r1 = f_rand.line(x="n_randomised", y="spearman", source=self._src["randomisation"], color="#1f77b4",
+                         line_width=2)
+        f_rand.scatter(x="n_randomised", y="spearman", source=self._src["randomisation"], color="#1f77b4", size=7)
+        r2 = f_rand.line(x="n_randomised", y="spearman_abs", source=self._src["randomisation"], color="#ff7f0e",
+                         line_width=2)
+        f_rand.scatter(x="n_randomised", y="spearman_abs", source=self._src["randomisation"], color="#ff7f0e",
+                       size=7)
+        f_rand.add_layout(Legend(items=[LegendItem(label="signed maps", renderers=[r1]),
+                                        LegendItem(label="|maps|", renderers=[r2])], label_text_font_size="11px"),
+                          "right")
+        f_rand.add_layout(Span(location=0, dimension="width", line_color="#999999", line_width=1))
+        self._figs["randomisation"] = f_rand
+        for f in self._figs.values():
+            f.title.text_font_size = "12px"
+
+    def _refresh(self, *_) -> None:
+        """Push the selection's data into the plots, in place."""
+        if self.setup is None or not hasattr(self, "_src"):
+            return
+        t0 = time.perf_counter()
+
+        def push():
+            data = self.plot_data()
+            titles = self.titles()
+            self.timings["compute_ms"] = 1000 * (time.perf_counter() - t0)
+            with pn.io.hold():
+                for k, src in self._src.items():
+                    src.data = data[k]
+                for k in ("relevance", "adjoint", "agreement", "shares", "randomisation"):
+                    self._figs[k].title.text = titles[k]
+                self._lag_span.location = float(self.lag)
+                for k in ("relevance", "adjoint"):
+                    self._bars[k].title = titles[f"{k}_bar"]
+                self._figs["curves"].title.text = f"Agreement by lag: {RULES[self.rule][0]}, {self._what_short()}"
+            return True
+
+        self._guard(push, None)
+        self.timings["update_ms"] = 1000 * (time.perf_counter() - t0)
+
+    # ------------------------------------------------------------------------------ text
+    def badges_html(self) -> str:
+        c = self.checks()
+        if c["n_cases"] == 0:
+            return "<b>No case to explain</b> (no correctly predicted case of this class at this lag)."
+
+        def badge(label, value, good):
+            color = "#1a7f37" if good else "#b35900"
+            return (f"<span style='display:inline-block;margin:2px 6px 2px 0;padding:2px 8px;border-radius:10px;"
+                    f"background:{color};color:white;font-size:90%'>{label}: {value}</span>")
+        parts = [badge("cases", c["n_cases"], True)]
+        cons = c.get("conservation_mean", np.nan)
+        parts.append(badge("conservation Σrel/logit (mean)", f"{cons:.3f}", abs(cons - 1) < 0.05))
+        if "bias_share_mean" in c:
+            parts.append(badge("bias share (mean)", f"{c['bias_share_mean']:+.3f}", abs(c["bias_share_mean"]) < 0.1))
+        if "completeness_delta_max_abs" in c:
+            parts.append(badge("IG completeness |Δ| (max)", f"{c['completeness_delta_max_abs']:.2e}",
+                               c["completeness_delta_max_abs"] < 0.05))
+        return "".join(parts)
+
+    def note_md(self) -> str:
+        mt = self.curves().loc[self.lag]
+        u = self.maps()["unsupported"]
+        rel = self.maps()["relevance"]
+        w = np.abs(np.nan_to_num(rel.values))
+        frac = float(w[u.values].sum() / w.sum()) if w.sum() > 0 else 0.0
+        remote = self.remote_regions()
+        txt = (f"**Lag {self.lag}**: pattern correlation {mt.pattern_correlation:.2f}, top-{self.k:g} % Jaccard "
+               f"{mt.topk_jaccard:.2f}, sign agreement {mt.sign_agreement:.2f}. ")
+        if int(u.values.sum()):
+            txt += (f"**{int(u.values.sum())} cells (×)** are among the relevance's largest but have "
+                    f"|adjoint| < {self.support:g} × its maximum: {frac:.0%} of the relevance mass has no adjoint "
+                    f"support. ")
+        if remote:
+            sh = self.shares()
+            txt += "Remote relevance the dynamics do not support: " + ", ".join(
+                f"{REGION_LABELS[r]} ({sh.loc[r, 'relevance']:.2f} of the relevance vs {sh.loc[r, 'adjoint']:.2f} "
+                f"of the adjoint map)" for r in remote) + "."
+        return txt
+
+    # ------------------------------------------------------------------------------ actions
+    def run_randomisation(self, n_samples: int = 32) -> pd.DataFrame:
+        """core.relevance.randomisation_check for the current rule and target (up to ``n_samples`` cases)."""
+        from xaiscope.core.relevance import randomisation_check
+
+        m = self.model
+        rows, e = self.explanation()
+        if not len(rows):
+            raise XaiscopeError("no case to explain for this target at this lag; pick another target or lag.")
+        rows, target = rows[:n_samples], np.asarray(e.target)[:n_samples]
+        t0 = time.perf_counter()
+
+        def fn(model, xx):
+            return explain_x(model, np.asarray(xx, dtype=np.float32), target, self.rule, m.low, m.high).relevance
+
+        df = pd.DataFrame(randomisation_check(m.ckpt.model, m.x[rows], explain_fn=fn, seed=0, target=target))
+        self.timings["randomisation_s"] = time.perf_counter() - t0
+        self.randomisation = df
+        self.rand_runs += 1  # redraws the plot
+        return df
+
+    def load_sensitivity(self, path, variable: str | None = None) -> xr.DataArray:
+        """Read a NetCDF sensitivity (lag, lat, lon) with data/sensitivity.py onto the model grid; use it."""
+        from xaiscope.data.sensitivity import read_sensitivity
+
+        if self._roots is not None:
+            path = self._roots.confine(path)
+        da = read_sensitivity(path, variable or None, like=self.setup.ds)
+        if "lag" not in da.dims:
+            raise XaiscopeError(f"{path}: the sensitivity has a time dimension; the view needs one map per lag "
+                                f"(dimension 'lag', months).")
+        self.file_sensitivity = da
+        self._memo = {}
+        self.source = "file"
+        return da
+
+    # ------------------------------------------------------------------------------ downloads
+    def provenance(self) -> dict:
+        m = self.model.ckpt.manifest
+        _, method, kw = RULES[self.rule]
+        return {"checkpoint": str(self.model.ckpt.path), "checkpoint_sha256": self.model.ckpt.sha256,
+                "epoch": int(m.get("epoch", 0)), "rule": self.rule, "method": method,
+                "rule_settings": json.dumps(kw), "lag": int(self.lag), "explain": self.explain,
+                "month": self.month if self.explain == "month" else "", "adjoint": self.adjoint,
+                "adjoint_source": "lim" if self.source == "lim" or self.file_sensitivity is None else
+                str(self.file_sensitivity.attrs.get("source", "file")),
+                "lim_modes": LIM_MODES, "lim_fit_period": "..".join(self.setup.lim.fit_period),
+                "k_percent": float(self.k), "support": float(self.support),
+                "qoi_box_lat": list(self.setup.box[0]), "qoi_box_lon": list(self.setup.box[1]),
+                "data_source": str(self.setup.ds.attrs.get("source", "")), "Conventions": "CF-1.8",
+                "created_by": "xaiscope LRP-vs-adjoint view"}
+
+    def maps_dataset(self) -> xr.Dataset:
+        mp = self.maps()
+        ds = xr.Dataset({"relevance": mp["relevance"], "adjoint": mp["adjoint"],
+                         "sensitivity": self.sensitivity_map().rename("sensitivity"),
+                         "agreement": mp["agreement"], "unsupported": mp["unsupported"].astype("int8"),
+                         "land_mask": self.setup.land_mask})
+        if self.explain == "month":
+            m = self.model
+            i = m.rows("month", self.month)[0]
+            ds["input_sst_anomaly"] = self._grid_map(m.x_raw[i], "input_sst_anomaly", {
+                "units": "degC", "long_name": f"SST anomaly of the input month {m.input_time[i]:%Y-%m}"})
+        for k, v in self.curves().reset_index().items():
+            if k != "lag":
+                ds[f"curve_{k}"] = ("curve_lag", v.values)
+        ds = ds.assign_coords(curve_lag=self.curves().index.values)
+        ds.attrs.update(self.provenance())
+        return ds
+
+    @staticmethod
+    def _netcdf(ds: xr.Dataset) -> io.BytesIO:
+        ds = ds.copy()
+        ds.attrs = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in ds.attrs.items()}
+        for v in ds.variables.values():
+            v.attrs = {k: (json.dumps(a) if isinstance(a, (list, dict)) else a) for k, a in v.attrs.items()}
+        return io.BytesIO(bytes(ds.to_netcdf()))
+
+    # ------------------------------------------------------------------------------ layout
+    def __panel__(self):
+        if self.setup is None:
+            return pn.Column(self._alert, sizing_mode="stretch_width")
+        if self._layout is None:
+            self._layout = self._make_layout()
+            if pn.state.location is not None and pn.state.curdoc is not None:
+                pn.state.location.sync(self, {"lag": "lag", "rule": "rule", "explain": "explain", "month": "month"})
+        return self._layout
+
+    SELECTION = ["lag", "rule", "explain", "month", "adjoint", "source", "k", "support", "rand_runs"]
+
+    def _make_layout(self):
+        lags, months = self.setup.lags, self.setup.months
+        lag_w = pn.widgets.DiscreteSlider(label="Lag (months)", options=lags, value=self.lag, width=300)
+        lag_w.param.watch(lambda e: setattr(self, "lag", int(e.new)), "value")
+        month_w = pn.widgets.DiscreteSlider(label="Target month t", options=months, value=self.month, width=420)
+        month_w.param.watch(lambda e: setattr(self, "month", e.new), "value")
+
+        def to_widgets(*events):
+            for e in events:
+                if e.name == "lag":
+                    lag_w.value = e.new
+                elif e.new in months:
+                    month_w.value = e.new
+
+        self.param.watch(to_widgets, ["lag", "month"])
+        rule_w = pn.widgets.RadioButtonGroup.from_param(self.param.rule, options={v[0]: k for k, v in RULES.items()},
+                                                        name="Rule")
+        explain_w = pn.widgets.RadioButtonGroup.from_param(self.param.explain,
+                                                           options={v: k for k, v in EXPLAIN.items()}, name="Explain")
+        adjoint_w = pn.widgets.RadioButtonGroup.from_param(self.param.adjoint,
+                                                           options={v: k for k, v in ADJOINT.items()}, name="Adjoint")
+        k_w = pn.widgets.FloatSlider.from_param(self.param.k, name="top k % (large)", step=1.0, width=220)
+        sup_w = pn.widgets.FloatSlider.from_param(self.param.support, name="no adjoint support below (× max)",
+                                                  step=0.05, width=220)
+
+        self._build_plots()
+        self._refresh()
+        self.param.watch(self._refresh, self.SELECTION)
+        bk = dict(sizing_mode="stretch_width")
+        badges = pn.pane.HTML(pn.bind(lambda *_: self._guard(self.badges_html, ""),
+                                      *[self.param[p] for p in ("lag", "rule", "explain", "month")]))
+        note = pn.pane.Markdown(pn.bind(lambda *_: self._guard(self.note_md, ""), *[self.param[p] for p in self.SELECTION]),
+                                sizing_mode="stretch_width")
+        rand_btn = pn.widgets.Button(label="Run randomisation check", color="primary", width=240)
+
+        def on_rand(_):
+            rand_btn.loading = True
+            try:
+                self._guard(self.run_randomisation, None)
+            finally:
+                rand_btn.loading = False
+
+        rand_btn.on_click(on_rand)
+
+        path_w = pn.widgets.TextInput(label="Sensitivity NetCDF (path on the server)",
+                                      placeholder="/path/to/sensitivity.nc (dims lag, lat, lon; units 1)")
+        var_w = pn.widgets.TextInput(label="variable (optional)", width=160)
+        load_btn = pn.widgets.Button(label="Load sensitivity", width=160)
+        source_w = pn.widgets.RadioButtonGroup.from_param(self.param.source, options={"LIM": "lim", "file": "file"},
+                                                          name="Adjoint source")
+
+        def on_load(_):
+            if not (path_w.value or "").strip():
+                self._show_error("Type the path of a NetCDF sensitivity file first.")
+                return
+            if self._guard(lambda: self.load_sensitivity(path_w.value.strip(), var_w.value.strip()), None) is not None:
+                self._show_error("")
+
+        load_btn.on_click(on_load)
+        dl = pn.widgets.FileDownload(callback=lambda: self._netcdf(self.maps_dataset()),
+                                     filename="xaiscope_lrp_adjoint.nc", label="Download maps (NetCDF)")
+        info = pn.pane.Markdown(
+            f"QoI: area-weighted mean SST anomaly in {self.setup.box[0][0]:g}–{self.setup.box[0][1]:g}°N, "
+            f"{self.setup.box[1][0]:g}–{self.setup.box[1][1]:g}°E (dashed box), sign at month t, from the map at "
+            f"t − lag. Networks for lags {', '.join(map(str, lags))}; LIM {LIM_MODES} EOF modes fitted on "
+            f"{'..'.join(self.setup.lim.fit_period)}. Maps are scaled by their own max |value| (shared colours "
+            f"−1..1). Prepared in {self.setup.seconds:.1f} s.", sizing_mode="stretch_width")
+        return pn.Column(
+            pn.pane.Markdown("## LRP vs adjoint sensitivity (SST QoI)"),
+            self._alert, info,
+            pn.Row(lag_w, pn.Column(rule_w), sizing_mode="stretch_width"),
+            pn.Row(explain_w, month_w, sizing_mode="stretch_width"),
+            pn.Row(adjoint_w, k_w, sup_w, sizing_mode="stretch_width"),
+            badges,
+            pn.GridBox(*[pn.pane.Bokeh(self._figs[k], **bk) for k in ("relevance", "adjoint", "agreement", "curves")],
+                       ncols=2, sizing_mode="stretch_width"),
+            note,
+            pn.GridBox(pn.pane.Bokeh(self._figs["shares"], **bk),
+                       pn.Column(pn.Row(rand_btn, pn.pane.Markdown(
+                           "Cascading model-parameter randomisation (Adebayo et al. 2018): layers re-initialised "
+                           "from the logits down (up to 32 cases); a faithful explanation loses its correlation with "
+                           "the trained maps.", sizing_mode="stretch_width")),
+                           pn.pane.Bokeh(self._figs["randomisation"], **bk), sizing_mode="stretch_width"),
+                       ncols=2, sizing_mode="stretch_width"),
+            pn.Tabs(
+                ("Adjoint from a file", pn.Column(
+                    pn.pane.Markdown("A sensitivity of this QoI to SST from another model (e.g. MITgcm/ECCO adjoint "
+                                     "output on a regular grid), regridded bilinearly to the 5° grid."),
+                    pn.Row(path_w, var_w), pn.Row(load_btn, source_w), max_width=700)),
+                ("Download", pn.Column(pn.pane.Markdown(
+                    "The maps, the agreement codes and the metric curves as NetCDF, with the checkpoint's sha256, "
+                    "rule, lag, month and settings as global attributes."), dl, max_width=500)),
+                sizing_mode="stretch_width"),
+            sizing_mode="stretch_width", css_classes=["xs-lrp"])
+
+
+from xaiscope.dashboard.registry import register_view  # noqa: E402
+
+register_view("lrp", "LRP vs adjoint (SST)", LrpAdjointExplorer,
+              "Relevance maps of SST-QoI networks beside the LIM adjoint sensitivity, with agreement metrics.")

@@ -1,0 +1,346 @@
+"""The LRP-vs-adjoint view: state logic without a browser (the maps against direct core.relevance / core.lim calls,
+the metric curves against core.agreement, cases and QoI against a hand-written numpy QoI, provenance against
+hashlib), and one served-app browser test."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+CKPTS = REPO / "assets" / "checkpoints"
+
+
+@pytest.fixture(scope="module")
+def view():
+    from xaiscope.dashboard.lrp import LrpAdjointExplorer
+
+    v = LrpAdjointExplorer()
+    assert v.error == "", v.error
+    v.__panel__().get_root()  # the plots exist: their sources can be checked
+    return v
+
+
+@pytest.fixture(scope="module")
+def ds():
+    from xaiscope.data.sst import demo_sst
+
+    return demo_sst(with_ssh=False)
+
+
+@pytest.fixture(scope="module")
+def lim(ds):
+    from xaiscope.core.lim import fit_lim
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fit_lim(ds["sst_anomaly"], ds["land_mask"], n_modes=20)
+
+
+def _model(lag):
+    from xaiscope.core import sst_qoi  # noqa: F401
+    from xaiscope.core.checkpoint import load_checkpoint
+
+    return load_checkpoint(CKPTS / f"sst_qoi_lag{lag:02d}")
+
+
+def _qoi_numpy(ds) -> np.ndarray:
+    """QoI by hand: cos-lat weighted mean over sea cells with centres in 30–45°N, 210–235°E."""
+    lat, lon = ds.lat.values, ds.lon.values
+    sst = ds["sst_anomaly"].values
+    i = (lat >= 30) & (lat <= 45)
+    j = (lon >= 210) & (lon <= 235)
+    sub = sst[:, i][:, :, j]
+    w = np.broadcast_to(np.cos(np.deg2rad(lat[i]))[:, None], sub.shape[1:])
+    w = np.where(np.isfinite(sub).all(0), w, 0.0)
+    return np.nansum(sub * w, axis=(1, 2)) / w.sum()
+
+
+def _inputs(ds, ck) -> np.ndarray:
+    """Model inputs by hand: the sea cells of every month divided by the training std."""
+    flat = ds["sst_anomaly"].values.reshape(ds.sizes["time"], -1)[:, ck.manifest["sea_cells"]]
+    return flat / ck.manifest["normalisation"]["sst_anomaly"]["std"]
+
+
+def _grid(values, ck, ds) -> np.ndarray:
+    out = np.full(ds.sizes["lat"] * ds.sizes["lon"], np.nan)
+    out[ck.manifest["sea_cells"]] = values
+    return out.reshape(ds.sizes["lat"], ds.sizes["lon"])
+
+
+def _da(arr, ds):
+    return xr.DataArray(arr, dims=("lat", "lon"), coords={"lat": ds.lat.values, "lon": ds.lon.values})
+
+
+def test_lags_and_months(view, ds):
+    assert view.setup.lags == sorted(int(p.name[-2:]) for p in CKPTS.glob("sst_qoi_lag[0-9][0-9]"))
+    times = pd.DatetimeIndex(ds.time.values)
+    assert view.setup.months[0] == f"{times[max(view.setup.lags)]:%Y-%m}"
+    assert view.setup.months[-1] == f"{times[-1]:%Y-%m}"
+    q = pd.Series(_qoi_numpy(ds), index=times)
+    assert view.month == f"{q[q.index >= times[max(view.setup.lags)]].idxmax():%Y-%m}"
+
+
+@pytest.mark.parametrize("rule,kw", [("epsilon", {"rule": "epsilon"}), ("zplus", {"rule": "zplus"}),
+                                     ("alpha1beta0_zb", {"rule": "alpha1beta0", "first_rule": "zbox"})])
+@pytest.mark.parametrize("lag", [0, 6])
+def test_month_map_equals_core_lrp(view, ds, rule, kw, lag):
+    from xaiscope.core.relevance import lrp
+
+    ck = _model(lag)
+    x = _inputs(ds, ck)
+    view.param.update(lag=lag, rule=rule, explain="month", month="2014-03")
+    n = int(np.flatnonzero(pd.DatetimeIndex(ds.time.values) == pd.Timestamp("2014-03-01"))[0]) - lag
+    if kw.get("first_rule") == "zbox":  # bounds: the range of the normalised inputs over the record
+        kw = dict(kw, low=x.min(0), high=x.max(0))
+    e = lrp(ck.model, x[n:n + 1], **kw)
+    ref = _grid(e.relevance[0], ck, ds)
+    got = view.relevance_map()
+    np.testing.assert_allclose(got.values, ref, rtol=1e-5, atol=1e-7, equal_nan=True)
+    img = view.plot_sources()["relevance"]["image"][0]
+    np.testing.assert_allclose(img, ref / np.nanmax(np.abs(ref)), rtol=1e-5, atol=1e-7, equal_nan=True)
+    checks = view.checks()
+    np.testing.assert_allclose(checks["conservation_mean"], e.relevance.sum() / e.logit[0], rtol=1e-6)
+
+
+def test_positive_composite_equals_core_over_correct_cases(view, ds):
+    from xaiscope.core.relevance import lrp
+
+    lag = 3
+    ck = _model(lag)
+    x = _inputs(ds, ck)
+    n = ds.sizes["time"] - lag
+    y = (_qoi_numpy(ds)[lag:] > 0).astype(int)
+    with torch.no_grad():
+        pred = ck.model(torch.as_tensor(x[:n], dtype=torch.float32)).argmax(1).numpy()
+    for explain, cls in (("positive", 1), ("negative", 0)):
+        rows = np.flatnonzero((pred == cls) & (y == cls))
+        assert len(rows) > 50
+        view.param.update(lag=lag, rule="epsilon", explain=explain)
+        ref = _grid(lrp(ck.model, x[rows], target=cls).relevance.mean(0), ck, ds)
+        np.testing.assert_allclose(view.relevance_map().values, ref, rtol=1e-5, atol=1e-8, equal_nan=True)
+        assert view.checks()["n_cases"] == len(rows)
+
+
+def test_integrated_gradients_composite_matches_core_float64(view, ds):
+    from xaiscope.core.relevance import integrated_gradients
+
+    lag = 12
+    view.param.update(lag=lag, rule="integrated_gradients", explain="positive")
+    rows, e = view.explanation()
+    ck = _model(lag)
+    x = _inputs(ds, ck)
+    ref = integrated_gradients(ck.model, x[rows], target=1, n_steps=64)  # one batch, float64
+    got = view.relevance_map().values
+    refm = _grid(ref.relevance.mean(0), ck, ds)
+    np.testing.assert_allclose(got, refm, rtol=0, atol=1e-4 * np.nanmax(np.abs(refm)), equal_nan=True)
+    c = view.checks()
+    assert c["completeness_delta_max_abs"] < 0.05
+    np.testing.assert_allclose(c["completeness_delta_max_abs"],
+                               np.max(np.abs(ref.checks["completeness_delta"])), atol=5e-3)
+
+
+@pytest.mark.parametrize("lag", [0, 3, 12])
+def test_adjoint_maps_equal_core_lim(view, ds, lim, lag):
+    from xaiscope.data.sst import box_weights
+
+    w = box_weights(ds.lat, ds.lon, (30.0, 45.0), (210.0, 235.0), lim.land_mask)
+    ref = lim.adjoint_sensitivity(w, lag).values
+    view.param.update(lag=lag, adjoint="sensitivity", source="lim", explain="month", month="2015-01")
+    np.testing.assert_allclose(view.adjoint_map().values, ref, rtol=1e-8, atol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(view.plot_sources()["adjoint"]["image"][0], ref / np.nanmax(np.abs(ref)),
+                               rtol=1e-8, atol=1e-12, equal_nan=True)
+    # sensitivity × the input anomaly (t − lag), signed for the explained (predicted) class
+    view.adjoint = "sensitivity_x_input"
+    t_in = pd.Timestamp("2015-01-01") - pd.DateOffset(months=lag)
+    anomaly = ds["sst_anomaly"].sel(time=t_in).values
+    ck = _model(lag)
+    with torch.no_grad():
+        x_in = torch.as_tensor(_inputs(ds, ck)[pd.DatetimeIndex(ds.time.values) == t_in], dtype=torch.float32)
+        sign = 1.0 if int(ck.model(x_in).argmax(1)[0]) == 1 else -1.0
+    np.testing.assert_allclose(view.adjoint_map().values, sign * ref * anomaly, rtol=1e-6, atol=1e-10,
+                               equal_nan=True)
+    view.adjoint = "sensitivity"
+
+
+def test_metric_curves_equal_core_agreement(view, ds, lim):
+    from xaiscope.core import agreement as A
+    from xaiscope.core.relevance import lrp
+    from xaiscope.data.sst import box_weights
+
+    view.param.update(rule="epsilon", explain="positive", adjoint="sensitivity", source="lim", k=10.0)
+    curves = view.curves()
+    assert list(curves.index) == view.setup.lags
+    w = box_weights(ds.lat, ds.lon, (30.0, 45.0), (210.0, 235.0), lim.land_mask)
+    masks = A.region_masks(ds["land_mask"])
+    y_all = _qoi_numpy(ds) > 0
+    for lag in (0, 6, 12):
+        ck = _model(lag)
+        x = _inputs(ds, ck)
+        n = ds.sizes["time"] - lag
+        with torch.no_grad():
+            pred = ck.model(torch.as_tensor(x[:n], dtype=torch.float32)).argmax(1).numpy()
+        rows = np.flatnonzero((pred == 1) & y_all[lag:])
+        rel = _da(_grid(lrp(ck.model, x[rows], target=1).relevance.mean(0), ck, ds), ds)
+        adj = lim.adjoint_sensitivity(w, lag)
+        row = curves.loc[lag]
+        np.testing.assert_allclose(row.pattern_correlation, A.pattern_correlation(rel, adj), rtol=1e-6)
+        np.testing.assert_allclose(row.topk_jaccard, A.topk_jaccard(rel, adj, 10.0), rtol=1e-6)
+        np.testing.assert_allclose(row.sign_agreement, A.sign_agreement(rel, adj), rtol=1e-6)
+        shares = A.region_shares(rel, masks)
+        for r, v in shares.items():
+            np.testing.assert_allclose(row[f"relevance_{r}"], v, rtol=1e-6, atol=1e-12)
+    src = view.plot_sources()["curves"]
+    np.testing.assert_array_equal(src["lag"], curves.index.values)
+    np.testing.assert_allclose(src["pattern_correlation"], curves.pattern_correlation.values)
+    # the region-share bars of the selected lag
+    view.lag = 6
+    bars = view.plot_sources()["shares"]
+    assert len(bars["x"]) == 2 * len(A.REGIONS)
+    got = dict(zip([tuple(f) for f in bars["x"]], bars["share"]))
+    from xaiscope.dashboard.lrp import REGION_LABELS
+
+    np.testing.assert_allclose(got[(REGION_LABELS["southern_ocean"], "relevance")],
+                               curves.loc[6, "relevance_southern_ocean"])
+
+
+def test_agreement_map_and_unsupported_cells(view):
+    from xaiscope.core.agreement import agreement_map
+
+    view.param.update(lag=3, rule="zplus", explain="positive", adjoint="sensitivity", k=15.0, support=0.2)
+    mp = view.maps()
+    ref = agreement_map(mp["relevance"], mp["adjoint"], 15.0)
+    np.testing.assert_array_equal(mp["agreement"].values, ref.values)
+    adj = np.abs(mp["adjoint"].values)
+    expect = (ref.values == 1) & (adj < 0.2 * np.nanmax(adj))
+    np.testing.assert_array_equal(mp["unsupported"].values, expect)
+    assert expect.sum() > 0
+    pts = view.plot_sources()["unsupported"]
+    assert len(pts["x"]) == expect.sum()
+    ii, jj = np.nonzero(expect)
+    assert set(zip(np.round(pts["x"], 6), np.round(pts["y"], 6))) == set(
+        zip(np.round(mp["relevance"].lon.values[jj] - 180.0, 6), np.round(mp["relevance"].lat.values[ii], 6)))
+    assert "cells (×)" in view.note_md()
+    view.param.update(k=10.0, support=0.1)
+
+
+def test_randomisation_check_equals_core(view, ds):
+    from xaiscope.core.relevance import randomisation_check
+
+    view.param.update(lag=3, rule="epsilon", explain="positive")
+    rows, e = view.explanation()
+    df = view.run_randomisation(n_samples=16)
+    ck = _model(3)
+    x = _inputs(ds, ck)[rows[:16]]
+    ref = randomisation_check(ck.model, x, seed=0, target=np.ones(16, dtype=int))  # default: LRP-ε
+    np.testing.assert_allclose(df.spearman.values, [r["spearman"] for r in ref], atol=1e-6)
+    np.testing.assert_allclose(df.spearman_abs.values, [r["spearman_abs"] for r in ref], atol=1e-6)
+    src = view.plot_sources()["randomisation"]
+    np.testing.assert_array_equal(src["n_randomised"], [0, 1, 2, 3])
+    view.lag = 4  # a new selection drops the old result
+    assert len(view.plot_sources()["randomisation"]["spearman"]) == 0
+
+
+def test_netcdf_export_carries_provenance(view, ds):
+    view.param.update(lag=6, rule="alpha1beta0_zb", explain="month", month="2016-02")
+    back = xr.open_dataset(view._netcdf(view.maps_dataset()))
+    weights = CKPTS / "sst_qoi_lag06" / "epoch_020" / "weights.safetensors"
+    assert back.attrs["checkpoint_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert back.attrs["rule"] == "alpha1beta0_zb" and int(back.attrs["lag"]) == 6
+    assert back.attrs["month"] == "2016-02" and back.attrs["explain"] == "month"
+    assert "zbox" in back.attrs["rule_settings"]
+    np.testing.assert_allclose(back["relevance"].values, view.relevance_map().values, equal_nan=True)
+    np.testing.assert_allclose(back["input_sst_anomaly"].values,
+                               ds["sst_anomaly"].sel(time="2015-08-01").values, equal_nan=True)
+    assert list(back["curve_lag"].values) == view.setup.lags
+
+
+def test_loaded_netcdf_sensitivity(view, lim, ds, tmp_path):
+    from xaiscope.data.errors import DataFileError
+    from xaiscope.data.sst import box_weights
+
+    w = box_weights(ds.lat, ds.lon, (30.0, 45.0), (210.0, 235.0), lim.land_mask)
+    maps = xr.concat([lim.adjoint_sensitivity(w, k).fillna(0.0) for k in (0, 3)], dim="lag").assign_coords(
+        lag=[0, 3])
+    maps.attrs = {"units": "degC/degC"}
+    maps.rename("dqoi_dsst").to_dataset().to_netcdf(tmp_path / "sens.nc")
+    view.param.update(lag=3, rule="epsilon", explain="positive", adjoint="sensitivity")
+    lim_map = view.adjoint_map().values
+    view.load_sensitivity(tmp_path / "sens.nc")
+    assert view.source == "file"
+    np.testing.assert_allclose(view.adjoint_map().values, lim_map, rtol=1e-8, atol=1e-12, equal_nan=True)
+    assert np.isnan(view.curves().loc[6, "pattern_correlation"])  # no map for lag 6 in the file
+    view.lag = 6
+    assert np.isnan(view.adjoint_map().values).all()
+    maps.attrs = {"units": "W m-2"}
+    maps.to_dataset(name="s").to_netcdf(tmp_path / "bad.nc")
+    with pytest.raises(DataFileError, match="units"):
+        view.load_sensitivity(tmp_path / "bad.nc")
+    view.source = "lim"
+
+
+def test_selection_errors_and_snapping():
+    from xaiscope.dashboard.lrp import LrpAdjointExplorer
+
+    v = LrpAdjointExplorer(checkpoint=[CKPTS / "sst_qoi_lag03", CKPTS / "sst_qoi_lag12"], lag=5)
+    assert v.setup.lags == [3, 12] and v.lag == 3
+    v.lag = 9
+    assert v.lag == 12
+    v.month = "1950-01"
+    assert v.month != "1950-01" and "1950-01" in v.error
+    v.month = "2016-02"
+    assert v.error == ""
+    bad = LrpAdjointExplorer(checkpoint=REPO / "assets" / "checkpoints" / "hydro_01031500")
+    assert bad.setup is None and "sst_qoi_mlp" in bad.error
+    bad.__panel__()  # renders the alert, does not raise
+
+
+def test_layout_updates_in_place(view):
+    view.param.update(lag=3, rule="epsilon", explain="positive", adjoint="sensitivity", source="lim")
+    layout = view.__panel__()
+    before = np.array(view.plot_sources()["relevance"]["image"][0])
+    view.param.update(lag=9, rule="gradient_x_input")
+    assert view.__panel__() is layout
+    after = view.plot_sources()["relevance"]["image"][0]
+    assert not np.allclose(before, after, equal_nan=True)
+    assert view._figs["relevance"].title.text.startswith("gradient × input, lag 9")
+    assert view._lag_span.location == 9.0
+
+
+# ------------------------------------------------------------------------------------------------ browser
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+@pytest.mark.browser
+def test_browser_switch_lag_and_rule(tmp_path):
+    from browser_utils import CHROMIUM, TITLES_JS, browser_page, served_app
+
+    if not CHROMIUM.exists():
+        pytest.skip("needs /usr/bin/chromium")
+    wait = "(t) => { const f = " + TITLES_JS + "; return f().some(s => s.includes(t)); }"
+    with served_app(log_path=tmp_path / "server.log", timeout=180) as (url, _, log):
+        with browser_page() as page:
+            page.goto(url + "?view=lrp&lag=3&rule=epsilon&explain=positive", timeout=240_000)
+            page.wait_for_function(wait, arg="LRP ε, lag 3: positive composite", timeout=240_000)
+            page.get_by_role("button", name="LRP z⁺", exact=True).click()
+            page.wait_for_function(wait, arg="LRP z⁺, lag 3: positive composite", timeout=60_000)
+            page.locator(".noUi-handle").first.focus()  # the lag slider: one lag on
+            page.keyboard.press("ArrowRight")
+            page.wait_for_function(wait, arg="LRP z⁺, lag 4: positive composite", timeout=60_000)
+            page.wait_for_function("() => window.location.search.includes('lag=4')", timeout=30_000)
+            assert "rule=zplus" in page.url
+            page.goto(url + "?view=lrp&lag=12&rule=gradient_x_input&explain=month&month=2016-02", timeout=240_000)
+            page.wait_for_function(wait, arg="gradient × input, lag 12: 2016-02", timeout=240_000)
+            page.wait_for_timeout(1000)
+            assert page.external_requests == []
+            assert page.console_errors == [], page.console_errors

@@ -30,8 +30,8 @@ log = logging.getLogger("xaiscope.dashboard")
 register_view("cells", "LSTM cell states (rainfall-runoff)", CellStateExplorer,
               "What the hydrology LSTM stores in its cells: snow, soil water, seasonality.")
 import xaiscope.dashboard.enso  # noqa: E402,F401 - registers the ENSO view
-import xaiscope.dashboard.lrp  # noqa: E402,F401 - registers the LRP-vs-adjoint view
 import xaiscope.dashboard.tracin  # noqa: E402,F401 - registers the TracIn view
+import xaiscope.dashboard.lrp  # noqa: E402,F401 - registers the LRP-vs-adjoint view
 
 URL_KEYS = {"mode": "mode", "date": "date", "layer": "layer", "gate": "internal", "cells": "cells"}
 
@@ -47,6 +47,7 @@ body.xs-present .bk-panel-models-markup-HTML { font-size: 1.3em; }
 
 PRESENT_JS = """
 document.body.classList.toggle('xs-present', cb_obj.value);
+if (window.xsResetBokehCssCache) { window.xsResetBokehCssCache(); }
 """
 
 
@@ -207,6 +208,7 @@ def serve(port: int = 5006, address: str = "127.0.0.1", checkpoints: Sequence[st
         return create_app(checkpoints=ck, data=data, device=device, allowed_roots=roots)
 
     log.info("xaiscope app on http://%s:%d/", address, port)
+    kwargs.setdefault("liveness", True)  # GET /liveness answers at once (GET / builds a whole page)
     return pn.serve(page, port=port, address=address, show=show, title="xaiscope", threaded=threaded,
                     websocket_origin=_origins(address, port), **kwargs)
 

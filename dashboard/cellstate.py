@@ -45,6 +45,7 @@ from panel.io.state import set_curdoc
 
 from xaiscope.core import analysis, hydro
 from xaiscope.dashboard import compute
+from xaiscope.dashboard.bokeh_speedups import BokehSpeedups
 from xaiscope.dashboard.state import AppState, describe_error
 
 log = logging.getLogger("xaiscope.dashboard")
@@ -75,6 +76,10 @@ def _empty_frame() -> pd.DataFrame:
 def _ms(times) -> np.ndarray:
     """Datetimes as float milliseconds since 1970 (what Bokeh's datetime axes use)."""
     return np.asarray(times, dtype="datetime64[ms]").astype(np.int64).astype(np.float64)
+
+
+class SessionClosed(Exception):
+    """The browser session ended while background work for it was running."""
 
 
 class CellStateExplorer(pn.viewable.Viewer):
@@ -500,7 +505,7 @@ class CellStateExplorer(pn.viewable.Viewer):
         )
         tabs.param.watch(lambda e: self._update_skill(table=True) if e.new == 2 else None, "active")
         return pn.Column(self._title_md, self._alert, self._warn, self._progress_md, self._progress, controls,
-                         self._status_md, self._plot_pane, tabs, sizing_mode="stretch_width",
+                         self._status_md, self._plot_pane, tabs, BokehSpeedups(), sizing_mode="stretch_width",
                          css_classes=["xs-cellstate"])
 
     # ------------------------------------------------------------------------------------ errors
@@ -631,9 +636,16 @@ class CellStateExplorer(pn.viewable.Viewer):
         self._progress_md.param.update(object=f"**{label}** ({100 * fraction:.0f} %)", visible=True)
 
     @staticmethod
-    async def _in_doc(doc, fn, *args):
+    def _doc_closed(doc) -> bool:
+        """Whether the browser session of ``doc`` has ended (Bokeh then tears down its callback manager)."""
+        return not hasattr(doc.callbacks, "_change_callbacks")
+
+    @classmethod
+    async def _in_doc(cls, doc, fn, *args):
         """Run ``fn(*args)`` on the event loop with the document's lock (so that it may change Bokeh models
-        directly) and wait for it."""
+        directly) and wait for it. Raises :class:`SessionClosed` when the session has ended meanwhile."""
+        if cls._doc_closed(doc):
+            raise SessionClosed()
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
 
@@ -679,11 +691,14 @@ class CellStateExplorer(pn.viewable.Viewer):
                 if token != self._token:
                     return
                 await self._in_doc(doc, self._guard, "Finishing " + label.lower(), self._slow_done, what)
+        except SessionClosed:
+            log.info("the browser session closed while the cell-state view was being prepared")
+            return
         except Exception as err:  # noqa: BLE001
             log.error("preparing the cell-state view failed", exc_info=True)
             self._show_error(f"Preparing the view: {describe_error(err)}")
         finally:
-            if token == self._token:
+            if token == self._token and not self._doc_closed(doc):
                 try:
                     await self._in_doc(doc, self._hide_progress)
                 except Exception:  # noqa: BLE001 - the session is gone

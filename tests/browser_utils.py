@@ -64,12 +64,7 @@ def served_app(checkpoints=(), data=(), port: int | None = None, timeout: float 
                         break
             except Exception:  # noqa: BLE001 - not up yet
                 pass
-            try:
-                with urllib.request.urlopen(url, timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except Exception:  # noqa: BLE001
-                pass
+            # (no GET / here: every page request builds a whole app session, which under load takes seconds)
             if time.time() > deadline:
                 raise RuntimeError(f"app server did not answer within {timeout} s:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.5)

@@ -77,10 +77,11 @@ class Checkpoint:
     def label(self) -> str:
         """Short human label: kind, basin and epoch."""
         m = self.manifest
-        basin = (m.get("data") or {}).get("basin_id", "")
+        data = m.get("data")
+        basin = data.get("basin_id", "") if isinstance(data, dict) else ""
         epoch = m.get("epoch")
         bits = [m.get("name") or self.path.name, basin, f"epoch {epoch}" if epoch is not None else ""]
-        return " · ".join(b for b in bits if b)
+        return " · ".join(str(b) for b in bits if b)
 
 
 def _json_default(obj):

@@ -126,12 +126,17 @@ def _cmd_info(args) -> int:
     for key in ("inputs", "target", "window", "epoch", "learning_rate", "seed", "train_period", "test_period"):
         if key in m:
             print(f"  {key}: {m[key]}")
-    if (m.get("data") or {}).get("basin_id"):
+    # the descriptive fields of a manifest may hold anything: print them, never fail on them
+    if isinstance(m.get("data"), dict) and m["data"].get("basin_id"):
         print(f"  data: basin {m['data'].get('basin_id')} {m['data'].get('start')}..{m['data'].get('end')}")
-    if "test_metrics" in m:
+    if isinstance(m.get("test_metrics"), dict):
         t = m["test_metrics"]
-        print(f"  test NSE {t.get('nse', float('nan')):.3f}  KGE {t.get('kge', float('nan')):.3f}")
-    if "neuralhydrology" in m:
+
+        def num(v):
+            return f"{v:.3f}" if isinstance(v, (int, float)) else repr(v)
+
+        print(f"  test NSE {num(t.get('nse', float('nan')))}  KGE {num(t.get('kge', float('nan')))}")
+    if isinstance(m.get("neuralhydrology"), dict):
         nh = m["neuralhydrology"]
         print(f"  neuralhydrology run {nh.get('run_dir')}: model {nh.get('model')}, dynamic_inputs "
               f"{nh.get('dynamic_inputs')}, target {nh.get('target_variables')}")

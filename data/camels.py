@@ -24,7 +24,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from xaiscope.data.errors import DataError, DataFileError, DataParameterError, UnknownBasinError
+from xaiscope.data.errors import DataError, DataFileError, DataParameterError, UnknownBasinError, reader_boundary
+
+_HINT = ("the file is damaged or not in the CAMELS-US layout; download it again (or compare it with the CAMELS-US "
+         "files shipped in xaiscope's assets/camels_us).")
 
 __all__ = [
     "VARIABLE_ATTRS", "read_forcing", "read_streamflow", "read_model_output", "load_basin", "load_basins",
@@ -244,6 +247,7 @@ def _header_float(line: str, line_no: int, what: str, path: Path) -> float:
 
 
 # ------------------------------------------------------------------------------------------------- readers
+@reader_boundary("a CAMELS-US forcing file", _HINT)
 def read_forcing(path) -> xr.Dataset:
     """Read a CAMELS basin-mean forcing file (``*_lump_*forcing*.txt``: daymet, maurer, nldas, *_extended).
 
@@ -333,6 +337,7 @@ def read_forcing(path) -> xr.Dataset:
     return ds
 
 
+@reader_boundary("a CAMELS-US streamflow file", _HINT)
 def read_streamflow(path, area_km2: float) -> xr.Dataset:
     """Read a USGS streamflow file of CAMELS (``*_streamflow_qc.txt``: gauge year month day Q flag).
 
@@ -396,6 +401,7 @@ def _trailing_zero_block(q: np.ndarray) -> np.ndarray:
     return mask
 
 
+@reader_boundary("a CAMELS-US model output file", _HINT)
 def read_model_output(path) -> xr.Dataset:
     """Read a CAMELS SAC-SMA + Snow-17 benchmark file (``*_model_output.txt``).
 
@@ -555,6 +561,7 @@ def _camels_name(root: Path, basin_id: str) -> str | None:
     return None
 
 
+@reader_boundary("a CAMELS-US basin", _HINT)
 def load_basin(root, basin_id=None, forcing: str = "daymet") -> xr.Dataset:
     """One CAMELS-US basin as a basin Dataset (see docs/ARCHITECTURE.md) on the forcing's daily time axis.
 
@@ -605,6 +612,7 @@ def load_basin(root, basin_id=None, forcing: str = "daymet") -> xr.Dataset:
     return ds
 
 
+@reader_boundary("a basin list", "write one 8-digit basin id per line.")
 def read_basin_list(path) -> list[str]:
     """Basin ids from a basin-list file (one id per line, as neuralhydrology keeps them; ``#`` starts a comment)."""
     path = Path(path)

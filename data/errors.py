@@ -36,3 +36,31 @@ class DataParameterError(DataError):
         self.parameter = parameter
         self.problem = problem
         super().__init__(f"{parameter}: {problem}")
+
+
+def reader_boundary(what: str, hint: str):
+    """Decorator for a reader ``fn(path, ...)``: any exception that is not already a project error becomes a
+    :class:`DataFileError` naming the file, saying it cannot be read as ``what`` and how to fix it (``hint``),
+    with the original exception kept as ``__cause__`` (and in the server log's traceback)."""
+    import functools
+    import inspect
+
+    def decorate(fn):
+        first = next(iter(inspect.signature(fn).parameters))
+
+        @functools.wraps(fn)
+        def reader(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except (XaiscopeError, Warning, KeyboardInterrupt):
+                raise
+            except Exception as err:  # noqa: BLE001 - the boundary: whatever the libraries below raise
+                path = args[0] if args else kwargs.get(first, "(default file)")
+                detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+                raise DataFileError(
+                    path, f"cannot be read as {what} ({type(err).__name__}{': ' + detail if detail else ''}); "
+                          f"{hint}") from err
+
+        return reader
+
+    return decorate

@@ -17,7 +17,7 @@ import json
 import numpy as np
 import xarray as xr
 
-from xaiscope.data.errors import DataFileError
+from xaiscope.data.errors import DataFileError, reader_boundary
 from xaiscope.data.sst import _find_coord, _open, _sha256, regrid
 
 #: Units accepted as "QoI temperature per SST temperature" (spaces removed, lower case).
@@ -31,6 +31,8 @@ def _units_ok(u) -> bool:
         in DIMENSIONLESS_UNITS
 
 
+@reader_boundary("a sensitivity NetCDF file", "xaiscope reads CF-style NetCDF files with one dimensionless "
+                 "sensitivity field of dims (lag or time, lat, lon) on a regular grid; check the file (ncdump -h).")
 def read_sensitivity(path, variable: str | None = None, *, like=None, lat=None, lon=None,
                      units: str | None = None) -> xr.DataArray:
     """Sensitivity maps (lag|time, lat, lon) from ``path``, optionally regridded to ``like``'s grid (or ``lat``,

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from xaiscope.data.errors import DataError, DataFileError, DataParameterError
+from xaiscope.data.errors import DataError, DataFileError, DataParameterError, reader_boundary
 
 CONVENTIONS = "CF-1.8"
 NINO34_BOX = {"lat": (-5.0, 5.0), "lon": (190.0, 240.0)}  # 5°S–5°N, 170°W–120°W in 0..360
@@ -40,6 +40,8 @@ _LON_UNITS = {"degrees_east", "degree_east", "degree_e", "degrees_e", "degreee",
 _KELVIN_UNITS = {"k", "kelvin", "degk", "deg_k", "degrees_k", "degreek", "kelvins"}
 _CELSIUS_UNITS = {"c", "degc", "deg_c", "celsius", "degree_c", "degrees_c", "degreec", "degree_celsius",
                   "degrees_celsius", "°c", "deg c", "degree c", "degrees c"}
+_HINT = ("xaiscope reads CF-style NetCDF files of monthly maps with dims (time, lat, lon) on a regular grid; "
+         "check the file (e.g. with ncdump -h) or copy it again if it is damaged.")
 _LAND_CODES_1X1 = (1, 2, 4)  # geocat LSMASK: 1 land, 2 lake, 4 ice shelf (0 ocean and 3 small island are sea)
 
 
@@ -224,6 +226,7 @@ def _looks_like_anomaly(da: xr.DataArray) -> bool:
 
 
 # ------------------------------------------------------------------------------------------- readers
+@reader_boundary("a gridded NetCDF field", _HINT)
 def read_field(path, variable: str | None = None, *, prefer: Iterable[str] = ()) -> xr.DataArray:
     """One gridded monthly field from a CF-style NetCDF file as ``(time, lat, lon)`` (lat ascending, lon 0..360).
 
@@ -246,6 +249,7 @@ def read_field(path, variable: str | None = None, *, prefer: Iterable[str] = ())
     return da
 
 
+@reader_boundary("an SST NetCDF file", _HINT)
 def read_sst(path, variable: str | None = None, *, anomaly: bool | None = None, repair_quirk: bool = True,
              land_mask: xr.DataArray | None = None) -> xr.Dataset:
     """Monthly SST from any CF-style NetCDF file → Dataset with ``sst`` (degC) or ``sst_anomaly`` (degC)
@@ -266,6 +270,7 @@ def read_sst(path, variable: str | None = None, *, anomaly: bool | None = None, 
     return _finish(da, name, path, land_mask, note)
 
 
+@reader_boundary("a gridded NetCDF field", _HINT)
 def read_extra(path, name: str = "ssh_anomaly", variable: str | None = None, units: str = "m",
                land_mask: xr.DataArray | None = None) -> xr.Dataset:
     """Another monthly field (default: sea-surface-height anomaly in m, e.g. GODAS ``zos``/``sshg``), standardised
@@ -365,6 +370,8 @@ def land_fraction(landsea: xr.DataArray, lat, lon, land_codes=_LAND_CODES_1X1) -
     return xr.DataArray(frac, dims=("lat", "lon"), coords={"lat": lat, "lon": lon}, name="land_fraction")
 
 
+@reader_boundary("a land-sea mask", "give a NetCDF file with one (lat, lon) land-sea code field (geocat LSMASK: "
+                 "0 ocean, 1 land, 2 lake, 3 small island, 4 ice shelf).")
 def land_mask_from_landsea(path, lat, lon, threshold: float = 0.5) -> xr.DataArray:
     """Land mask on the grid ``lat``×``lon`` from a finer land-sea code file (geocat ``LSMASK``: 0 ocean, 1 land,
     2 lake, 3 small island, 4 ice shelf). Codes 1, 2, 4 count as land; a cell is land (1) when **more than**
@@ -576,6 +583,7 @@ def demo_sst(with_ssh: bool = True, lat_band: tuple[float, float] | None = DEFAU
     return ds
 
 
+@reader_boundary("a Niño 3.4 CSV file", "give a CSV with 'datetime' and 'Nino34anom' columns.")
 def observed_nino34(path=None) -> xr.DataArray:
     """Observed (NOAA CPC, OISSTv2-based) Niño 3.4 anomalies, monthly 1982-01..2021-04, from the shipped
     ``pythia_enso_data.csv`` (or another CSV with ``datetime`` and ``Nino34anom`` columns)."""

@@ -48,7 +48,16 @@ def read_sensitivity(path, variable: str | None = None, *, like=None, lat=None, 
     if variable not in ds:
         raise DataFileError(path, f"has no variable {variable!r}; it has {', '.join(map(str, ds.data_vars))}.")
     la, lo = _find_coord(ds, "lat", path), _find_coord(ds, "lon", path)
-    da = ds[variable].load().astype("float64")
+    for c, what in ((la, "latitude"), (lo, "longitude")):
+        if c not in ds[variable].coords:
+            raise DataFileError(path, f"variable {variable!r} (dims {tuple(map(str, ds[variable].dims))}) does not lie "
+                                      f"on the file's {what} coordinate {c!r}; give a field with dims (lag or time, "
+                                      f"lat, lon).")
+    try:
+        da = ds[variable].load().astype("float64")
+    except (TypeError, ValueError):
+        raise DataFileError(path, f"variable {variable!r} does not hold numbers; a sensitivity field holds "
+                                  f"floating-point values.") from None
     ds.close()
     if da[la].ndim != 1 or da[lo].ndim != 1:
         raise DataFileError(path, f"latitude/longitude of {variable!r} are 2-D (a curvilinear model grid such as "
@@ -84,7 +93,13 @@ def read_sensitivity(path, variable: str | None = None, *, like=None, lat=None, 
             raise DataFileError(path, f"dimension {d!r} of {variable!r} is neither a lag ({', '.join(LAG_NAMES)}) nor "
                                       f"a time; rename it to 'lag' (months) or 'time'.")
     da = da.drop_vars([c for c in da.coords if c not in (lead, "lat", "lon")])
-    latv, lonv = np.asarray(da.lat.values, float), np.asarray(da.lon.values, float)
+    try:
+        latv, lonv = np.asarray(da.lat.values, float), np.asarray(da.lon.values, float)
+    except (TypeError, ValueError):
+        raise DataFileError(path, "latitude/longitude values are not numbers; the coordinates must be degrees.") \
+            from None
+    if latv.size == 0 or lonv.size == 0:
+        raise DataFileError(path, f"the grid is empty ({latv.size} latitudes × {lonv.size} longitudes).")
     if np.any(np.abs(latv) > 90) or np.any(lonv < -180) or np.any(lonv > 360):
         raise DataFileError(path, "latitudes/longitudes are outside -90..90 / -180..360: not in degrees.")
     da = da.assign_coords(lat=latv, lon=np.mod(lonv, 360.0)).sortby("lat").sortby("lon").transpose(lead, "lat", "lon")

@@ -111,6 +111,10 @@ def _month_starts(values, path) -> pd.DatetimeIndex:
 
 def _standardise(da: xr.DataArray, path, lat: str, lon: str, time: str | None) -> xr.DataArray:
     """Rename to (time, lat, lon), make lat ascending and lon ascending 0..360."""
+    for c, what in ((lat, "latitude"), (lon, "longitude")):
+        if c not in da.coords:
+            raise DataFileError(path, f"variable {da.name!r} (dims {tuple(map(str, da.dims))}) does not lie on the "
+                                      f"file's {what} coordinate {c!r}; give a variable with dims (time, lat, lon).")
     if da[lat].ndim != 1 or da[lon].ndim != 1:
         raise DataFileError(path, f"latitude {lat!r} / longitude {lon!r} are 2-D (a curvilinear grid); xaiscope "
                                   f"needs a regular lat/lon grid — regrid the file first (e.g. with xESMF or CDO).")
@@ -123,7 +127,7 @@ def _standardise(da: xr.DataArray, path, lat: str, lon: str, time: str | None) -
         if dim != coord:
             da = da.swap_dims({dim: coord})
     da = da.rename(rename)
-    extra = [d for d in da.dims if d not in ("time", "lat", "lon")]
+    extra = [d for d in da.dims if d not in ("lat", "lon") + (("time",) if time is not None else ())]
     for d in extra:
         if da.sizes[d] != 1:
             raise DataFileError(path, f"variable {da.name!r} has an extra dimension {d!r} of size {da.sizes[d]}; "
@@ -133,11 +137,18 @@ def _standardise(da: xr.DataArray, path, lat: str, lon: str, time: str | None) -
     if time is not None:
         da = da.assign_coords(time=_month_starts(da["time"].values, path))
         da = da.sortby("time")
-    latv = np.asarray(da["lat"].values, dtype=float)
+    try:
+        latv = np.asarray(da["lat"].values, dtype=float)
+        lonv = np.asarray(da["lon"].values, dtype=float)
+    except (TypeError, ValueError):
+        raise DataFileError(path, "latitude/longitude values are not numbers; the coordinates must be degrees "
+                                  "(numbers) — fix the file's coordinate variables.") from None
+    if latv.size == 0 or lonv.size == 0:
+        raise DataFileError(path, f"the grid is empty ({latv.size} latitudes × {lonv.size} longitudes); the file "
+                                  "holds no map.")
     if np.any(np.abs(latv) > 90):
         raise DataFileError(path, f"latitudes outside -90..90 (found {latv.min()}..{latv.max()}); the latitude "
                                   f"coordinate is wrong or is not in degrees.")
-    lonv = np.asarray(da["lon"].values, dtype=float)
     if np.any(lonv < -180) or np.any(lonv > 360):
         raise DataFileError(path, f"longitudes outside -180..360 (found {lonv.min()}..{lonv.max()}); the "
                                   f"longitude coordinate is wrong or is not in degrees.")
@@ -244,7 +255,12 @@ def read_field(path, variable: str | None = None, *, prefer: Iterable[str] = ())
     if time is None or time not in da.coords and time not in da.dims:
         raise DataFileError(path, f"variable {name!r} has no time dimension; xaiscope reads monthly time series "
                                   f"of maps (dims time, lat, lon).")
-    da = _standardise(da.load().astype("float64"), path, lat, lon, time)
+    try:
+        values = da.load().astype("float64")
+    except (TypeError, ValueError):
+        raise DataFileError(path, f"variable {name!r} does not hold numbers ({da.dtype}); xaiscope reads numeric "
+                                  f"fields.") from None
+    da = _standardise(values, path, lat, lon, time)
     ds.close()
     return da
 

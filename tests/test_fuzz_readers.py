@@ -471,3 +471,34 @@ def test_reader_boundary_names_the_file_and_keeps_the_cause(tmp_path):
     default = reader_boundary("a test file", "fix it.")(lambda path=None: {}["y"])
     with pytest.raises(DataFileError, match="default file"):
         default()
+
+
+def _nc(path, ds):
+    ds.to_netcdf(path)
+    return path
+
+
+def test_named_netcdf_problems_get_specific_messages(tmp_path):
+    """Cases the fuzzer found, each with its own message (not the generic reader-boundary one)."""
+    from xaiscope.data import sensitivity, sst
+
+    lat, lon = np.arange(-10.0, 11.0, 5.0), np.arange(150.0, 260.0, 10.0)
+    grid = np.zeros((2, lat.size, lon.size))
+    time = pd.date_range("2000-01-01", periods=2, freq="MS")
+    mask = xr.Dataset({"LSMASK": (("time", "lat", "lon"), grid)}, coords={"time": time, "lat": lat, "lon": lon})
+    with pytest.raises(DataFileError, match="extra dimension 'time' of size 2"):
+        sst.land_mask_from_landsea(_nc(tmp_path / "mask.nc", mask), lat, lon)
+    strings = xr.Dataset({"sst": (("time", "lat", "lon"), grid + 20, {"units": "degC"})},
+                         coords={"time": time, "lat": [f"c{k}" for k in range(lat.size)], "lon": lon})
+    strings["lat"].attrs["units"] = "degrees_north"
+    with pytest.raises(DataFileError, match="not numbers"):
+        sst.read_sst(_nc(tmp_path / "strings.nc", strings))
+    off_grid = xr.Dataset({"sst": (("time", "a", "b"), grid + 20, {"units": "degC"}),
+                           "lat": ("y", lat, {"units": "degrees_north"}), "lon": ("x", lon)},
+                          coords={"time": time})
+    with pytest.raises(DataFileError, match="does not lie on the file's latitude coordinate"):
+        sst.read_sst(_nc(tmp_path / "off.nc", off_grid))
+    empty = xr.Dataset({"s": (("lag", "lat", "lon"), np.zeros((1, 0, lon.size)), {"units": "1"})},
+                       coords={"lag": [0], "lat": np.zeros(0), "lon": lon})
+    with pytest.raises(DataFileError, match="the grid is empty"):
+        sensitivity.read_sensitivity(_nc(tmp_path / "empty.nc", empty))

@@ -465,7 +465,8 @@ def test_reader_boundary_names_the_file_and_keeps_the_cause(tmp_path):
     def reader(path, key="x"):
         return {}[key]
 
-    with pytest.raises(DataFileError, match=r"f\.txt: cannot be read as a test file \(KeyError: 'x'\); fix it\.") as info:
+    expected = r"f\.txt: cannot be read as a test file \(KeyError: 'x'\); fix it\."
+    with pytest.raises(DataFileError, match=expected) as info:
         reader(tmp_path / "f.txt")
     assert isinstance(info.value.__cause__, KeyError)
     default = reader_boundary("a test file", "fix it.")(lambda path=None: {}["y"])

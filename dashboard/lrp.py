@@ -116,6 +116,18 @@ class LrpSetup:
     adjoints: dict = field(default_factory=dict)
     explanations: dict = field(default_factory=dict)
     curves: dict = field(default_factory=dict)
+    _months: list = field(default_factory=list)
+
+    def __post_init__(self):
+        sea = self.land_mask.values.ravel() == 0
+        self.sea_index = np.flatnonzero(sea)
+        lat2 = np.broadcast_to(self.land_mask.lat.values[:, None], self.land_mask.shape).ravel()
+        self.sea_area = np.cos(np.deg2rad(lat2))[self.sea_index]
+        reg = self.regions.transpose("region", "lat", "lon").values.reshape(len(self.regions.region), -1)
+        self.sea_region = reg[:, self.sea_index].argmax(0)
+
+    def adjoint_sea(self, lag: int) -> np.ndarray:
+        return self.adjoint(lag).values.ravel()[self.sea_index]
 
     @property
     def lags(self) -> list[int]:
@@ -124,11 +136,13 @@ class LrpSetup:
     @property
     def months(self) -> list[str]:
         """Target months every lag can explain."""
-        common = None
-        for m in self.models.values():
-            s = set(m.target_time)
-            common = s if common is None else common & s
-        return [f"{t:%Y-%m}" for t in sorted(common)]
+        if not self._months:
+            common = None
+            for m in self.models.values():
+                s = set(m.target_time)
+                common = s if common is None else common & s
+            self._months = [f"{t:%Y-%m}" for t in sorted(common)]
+        return self._months
 
     def adjoint(self, lag: int) -> xr.DataArray:
         """LIM adjoint sensitivity at ``lag`` (cached)."""
@@ -171,6 +185,45 @@ def explain_x(model, x: np.ndarray, target: np.ndarray, rule: str, low=None, hig
 def explain_rows(m: LagModel, rule: str, rows: np.ndarray):
     """:func:`explain_x` of samples ``rows`` of lag model ``m``; the explained class is the predicted one."""
     return explain_x(m.ckpt.model, m.x[rows], m.pred[rows], rule, m.low, m.high)
+
+
+def _top(v: np.ndarray, w: np.ndarray, ok: np.ndarray, k: float) -> np.ndarray:
+    """:func:`xaiscope.core.agreement.top_mask` on vectors: the largest-|v| cells (among ``ok``) covering ``k`` %
+    of their area ``w`` (the cell that crosses the threshold included)."""
+    idx = np.flatnonzero(ok)
+    order = idx[np.argsort(-np.abs(v[idx]), kind="stable")]
+    cum = np.cumsum(w[order])
+    out = np.zeros(v.size, bool)
+    if cum.size:
+        out[order[:int(np.searchsorted(cum, k / 100.0 * cum[-1] - 1e-12)) + 1]] = True
+    return out
+
+
+def fast_metrics(a: np.ndarray, b: np.ndarray, w: np.ndarray, k: float, region: np.ndarray, n_regions: int) -> dict:
+    """The metrics of :func:`xaiscope.core.agreement.compare` for two maps given as vectors over the same cells
+    (``w`` their cos-lat area weights, ``region`` their region index): NaN when fewer than 3 cells are finite in
+    both or a map is all zero. The tests check it against xaiscope.core.agreement."""
+    nan = float("nan")
+    ok = np.isfinite(a) & np.isfinite(b)
+    out = {"pattern_correlation": nan, "topk_jaccard": nan, "sign_agreement": nan, "sign_agreement_top": nan}
+    if ok.sum() >= 3 and np.abs(a[ok]).max() > 0 and np.abs(b[ok]).max() > 0:
+        x, y, ww = a[ok], b[ok], w[ok] / w[ok].sum()
+        xm, ym = x - (ww * x).sum(), y - (ww * y).sum()
+        den = np.sqrt((ww * xm ** 2).sum() * (ww * ym ** 2).sum())
+        out["pattern_correlation"] = float((ww * xm * ym).sum() / den) if den > 0 else nan
+        ta, tb = _top(a, w, ok, k), _top(b, w, ok, k)
+        union = (w * (ta | tb)).sum()
+        out["topk_jaccard"] = float((w * (ta & tb)).sum() / union) if union > 0 else nan
+        same = np.sign(a) == np.sign(b)
+        out["sign_agreement"] = float((w[ok] * same[ok]).sum() / w[ok].sum())
+        sel = ok & (ta | tb)
+        out["sign_agreement_top"] = float((w[sel] * same[sel]).sum() / w[sel].sum()) if w[sel].sum() > 0 else nan
+    for name, v in (("relevance_shares", a), ("adjoint_shares", b)):
+        av = np.where(np.isfinite(v), np.abs(v), 0.0)
+        tot = av.sum()
+        sums = np.bincount(region, weights=av, minlength=n_regions)
+        out[name] = sums / tot if tot > 0 else np.full(n_regions, nan)
+    return out
 
 
 def _absmax(da: xr.DataArray) -> float:
@@ -422,37 +475,43 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
             self._memo = {key: {"relevance": rel, "adjoint": adj, "agreement": agree, "unsupported": unsupported}}
         return self._memo[key]
 
-    def metrics(self, lag: int | None = None) -> dict:
-        """core.agreement.compare of the relevance and the adjoint map at ``lag`` (NaN when not comparable)."""
-        from xaiscope.core.agreement import compare, region_shares
-
-        lag = self.lag if lag is None else lag
-        rel, adj = self.relevance_map(lag), self.adjoint_map(lag)
-        nan = {"pattern_correlation": np.nan, "topk_jaccard": np.nan, "sign_agreement": np.nan,
-               "sign_agreement_top": np.nan}
-        ok = np.isfinite(rel.values) & np.isfinite(adj.values)
-        if ok.sum() < 3 or not np.nanmax(np.abs(adj.values)) > 0 or not np.nanmax(np.abs(rel.values)) > 0:
-            out = dict(nan)
+    def vectors(self, lag: int) -> tuple[np.ndarray, np.ndarray]:
+        """(relevance, adjoint) at ``lag`` on the sea cells (the values of :meth:`relevance_map` and
+        :meth:`adjoint_map` there), without building maps."""
+        m = self.setup.models[lag]
+        rows, e = self.explanation(lag)
+        sea = self.setup.sea_index
+        n = sea.size
+        rel = e.relevance[0] if self.explain == "month" else (
+            e.relevance.mean(0) if len(rows) else np.full(n, np.nan))
+        if self.source == "file" and self.file_sensitivity is not None:
+            f = self.file_sensitivity
+            s = f.sel(lag=lag).values.ravel()[sea] if lag in f.lag.values else np.full(n, np.nan)
         else:
-            out = compare(rel, adj, self.k)
-        out["relevance_shares"] = region_shares(rel, self.setup.regions)
-        out["adjoint_shares"] = region_shares(adj, self.setup.regions) if np.isfinite(adj.values).any() else {
-            r: np.nan for r in self.setup.regions.region.values}
-        return out
+            s = self.setup.adjoint_sea(lag)
+        if self.adjoint == "sensitivity":
+            return rel, s
+        sign = np.where(np.asarray(e.target) == 1, 1.0, -1.0)[:, None]
+        contrib = sign * m.x_raw[rows] * s[None]
+        adj = contrib[0] if self.explain == "month" else (contrib.mean(0) if len(rows) else np.full(n, np.nan))
+        return rel, adj
 
     def curves(self) -> pd.DataFrame:
-        """Metrics at every lag with a checkpoint (index lag): pattern correlation, Jaccard, sign agreement and
-        each map's region shares; computed once per (rule, target, adjoint, k) and cached."""
+        """Metrics at every lag with a checkpoint (index lag): pattern correlation, top-k Jaccard, sign agreement
+        and each map's region shares — the definitions of :mod:`xaiscope.core.agreement` on the sea-cell vectors
+        (:func:`fast_metrics`); computed once per (rule, target, adjoint, k) and cached."""
         key = self._key(lag=-1)
         if key not in self.setup.curves:
             t0 = time.perf_counter()
             rows = []
             for lag in self.setup.lags:
-                mt = self.metrics(lag)
-                row = {"lag": lag, **{k: mt[k] for k in ("pattern_correlation", "topk_jaccard", "sign_agreement",
-                                                         "sign_agreement_top")}}
-                row.update({f"relevance_{r}": v for r, v in mt["relevance_shares"].items()})
-                row.update({f"adjoint_{r}": v for r, v in mt["adjoint_shares"].items()})
+                rel, adj = self.vectors(lag)
+                mt = fast_metrics(rel, adj, self.setup.sea_area, self.k, self.setup.sea_region,
+                                  len(self.setup.regions.region))
+                row = {"lag": lag, **{k: mt[k] for k in METRICS}}
+                for i, r in enumerate(self.setup.regions.region.values):
+                    row[f"relevance_{r}"] = mt["relevance_shares"][i]
+                    row[f"adjoint_{r}"] = mt["adjoint_shares"][i]
                 rows.append(row)
             self.setup.curves[key] = pd.DataFrame(rows).set_index("lag")
             self.timings["curves_s"] = time.perf_counter() - t0

@@ -22,9 +22,10 @@ Methods (each result says whether it is exact):
   N(0, 1/k)) — Johnson–Lindenstrauss: dot products are preserved in expectation, with an error shrinking as
   1/√k. Approximate.
 
-Per-example gradients: for the hydrology LSTM one batched backward through PyTorch's own LSTM kernels, with
-zero "probe" inputs wired to the gate pre-activations, gives every example's gate pre-activation gradients δz_t; each example's weight gradient is then
-Σ_t δz_t ⊗ [x_t, h_{t−1}] (einsums) — no weight gradient is accumulated by autograd at all. The MLP does the
+Per-example gradients: for the hydrology LSTM PyTorch's fused LSTM kernel runs the forward pass, and the LSTM's
+backward recursion, batched over examples, gives every example's gate pre-activation gradients δz_t; each example's
+weight gradient is then Σ_t δz_t ⊗ [x_t, h_{t−1}, 1] (one batched matrix product per layer) — no weight gradient is
+accumulated by autograd at all. The MLP does the
 same with its linear layers' output gradients (∇W = δ ⊗ input; ``torch.func`` ``vmap(grad)`` is the general
 fallback); the ConvLSTM (whose loss masks by data) a per-example loop. All routes equal a
 plain per-example loop (tests).
@@ -406,63 +407,106 @@ def per_sample_grads_linear(adapter: TaskAdapter, model: nn.Module, x, y, names:
     return _flat(grads, names, len(x))
 
 
-def _probe_layer(lstm: nn.LSTM, layer: int, n_in: int) -> nn.LSTM:
-    """A one-layer ``nn.LSTM`` equal to layer ``layer`` of ``lstm`` with 4H extra inputs wired to the gate
-    pre-activations by an identity block: z_t = W_ih x_t + I p_t + W_hh h_{t−1} + b. Fed p_t = 0 it computes the
-    same, and ∂loss/∂p_t = δz_t."""
+def _lstm_layer_gates(lstm: nn.LSTM, layer: int, inp: torch.Tensor):
+    """Layer ``layer`` of ``lstm`` on time-major ``inp`` (T, B, n_in), from zero states: h (T, B, H) from PyTorch's
+    fused kernel, then the gates from one matrix product over all steps — S = σ(z) of i, f, o (T, B, 3H),
+    G = tanh(z) of g (T, B, H) — and c (T, B, H) from c_t = f_t c_{t−1} + i_t g_t by an associative scan.
+    ``operand`` (T, B, n_in + H + 1) is [x_t, h_{t−1}, 1], reused for the weight gradients."""
+    from xaiscope.core.states import _scan_
+
+    T, B, n_in = inp.shape
     H = lstm.hidden_size
-    w_ih = getattr(lstm, f"weight_ih_l{layer}").detach()
-    cell = nn.LSTM(n_in + 4 * H, H, 1, bias=lstm.bias, batch_first=True).to(dtype=w_ih.dtype, device=w_ih.device)
-    with torch.no_grad():
-        cell.weight_ih_l0.copy_(torch.cat([w_ih, torch.eye(4 * H, dtype=w_ih.dtype, device=w_ih.device)], 1))
-        cell.weight_hh_l0.copy_(getattr(lstm, f"weight_hh_l{layer}"))
-        if lstm.bias:
-            cell.bias_ih_l0.copy_(getattr(lstm, f"bias_ih_l{layer}"))
-            cell.bias_hh_l0.copy_(getattr(lstm, f"bias_hh_l{layer}"))
-    cell.requires_grad_(False)
-    return cell
+    keys = ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if lstm.bias else ("weight_ih", "weight_hh")
+    w = [getattr(lstm, f"{k}_l{layer}").detach() for k in keys]
+    zeros = inp.new_zeros(1, B, H)
+    h = torch.lstm(inp.contiguous(), (zeros, zeros), w, lstm.bias, 1, 0.0, False, False, False)[0]
+    operand = inp.new_empty(T, B, n_in + H + 1)
+    operand[..., :n_in] = inp
+    operand[0, :, n_in:n_in + H] = 0
+    operand[1:, :, n_in:n_in + H] = h[:-1]
+    operand[..., -1] = 1
+    bias = (w[2] + w[3]) if lstm.bias else w[0].new_zeros(4 * H)
+    matrix = torch.cat([w[0], w[1], bias.unsqueeze(1)], 1)                 # rows: gates i, f, g, o
+    flat = operand.view(T * B, -1)
+    S = (flat @ torch.cat([matrix[:2 * H], matrix[3 * H:]]).T).view(T, B, 3 * H).sigmoid_()
+    G = (flat @ matrix[2 * H:3 * H].T).view(T, B, H).tanh_()
+    c = S[..., :H] * G
+    _scan_(S[..., H:2 * H], c)
+    return h, operand, S, G, c, w
 
 
 def per_sample_grads_lstm(adapter: TaskAdapter, model: nn.Module, x, y, names: Sequence[str]) -> torch.Tensor:
-    """HydroLSTM: one batched backward to every example's gate pre-activation gradients δz_t (B, T, 4H) per
-    layer, then ∇W_ih = Σ_t δz_t ⊗ x_t, ∇W_hh = Σ_t δz_t ⊗ h_{t−1}, ∇b_ih = ∇b_hh = Σ_t δz_t (einsums).
+    """HydroLSTM: every example's gate pre-activation gradients δz_t (B, T, 4H) per layer by the LSTM's own
+    backward recursion, batched over examples, then ∇[W_ih, W_hh, b] = Σ_t δz_t ⊗ [x_t, h_{t−1}, 1] (one batched
+    matrix product per layer); ∇b_ih = ∇b_hh.
 
-    δz_t comes out of PyTorch's own fused LSTM kernels: each layer runs as an ``nn.LSTM`` with 4H zero "probe"
-    inputs wired to its gate pre-activations (:func:`_probe_layer`), and the gradient of the summed per-example
-    losses with respect to the probes is δz. Only activations are differentiated, never the weights."""
+    Forward: PyTorch's fused LSTM kernel gives h; the gates and c follow from one matrix product and a scan
+    (:func:`_lstm_layer_gates`). Backward, for t = T−1 … 0 (d· = ∂loss/∂·, ⊙ elementwise):
+    dh_t = e_t + W_hhᵀ δz_{t+1}, dc_t = dh_t ⊙ o_t (1 − tanh² c_t) + dc_{t+1} ⊙ f_{t+1},
+    δz_t = [dc_t ⊙ g_t i_t(1−i_t), dc_t ⊙ c_{t−1} f_t(1−f_t), dc_t ⊙ i_t(1−g_t²), dh_t ⊙ tanh(c_t) o_t(1−o_t)],
+    with e_t the gradient from the layer above (W_ihᵀ δz_t of that layer; for the top layer the head's, at the
+    last step only). The factors after dc_t and dh_t are computed for all steps at once; the loop over t does one
+    small matrix product and four elementwise products per step. No autograd graph through the LSTM at all."""
     lstm = model.lstm
     if model.training:
         raise InfluenceError("the model is in training mode (dropout); call model.eval() first.")
+    from xaiscope.core.device import exact_math
+
     H, L = lstm.hidden_size, lstm.num_layers
     B, T = x.shape[0], x.shape[1]
-    layer_in = x
     saved = []
-    for layer in range(L):
-        probe = x.new_zeros(B, T, 4 * H, requires_grad=True)
-        cell = _probe_layer(lstm, layer, layer_in.shape[-1])
-        out, _ = cell(torch.cat([layer_in, probe], -1))
-        saved.append((probe, layer_in, out))
-        layer_in = out
-    feats = layer_in[:, -1]
-    head = model.head
-    hout = head(feats)
-    hout.retain_grad()
-    adapter.output_loss(adapter.head_output(hout), y, model).sum().backward()
-    grads: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        for layer, (probe, inp, out) in enumerate(saved):
-            dz = probe.grad
-            h_prev = torch.cat([out.new_zeros(B, 1, H), out[:, :-1]], 1)
-            grads[f"lstm.weight_ih_l{layer}"] = torch.einsum("btg,bti->bgi", dz, inp.detach())
-            grads[f"lstm.weight_hh_l{layer}"] = torch.einsum("btg,bth->bgh", dz, h_prev)
-            if lstm.bias:
-                db = dz.sum(1)
-                grads[f"lstm.bias_ih_l{layer}"] = db
-                grads[f"lstm.bias_hh_l{layer}"] = db
-        delta = hout.grad
-        grads["head.weight"] = torch.einsum("bo,bf->bof", delta, feats.detach())
+    with torch.no_grad(), exact_math():
+        inp = x.detach().transpose(0, 1)                                # time-major
+        for layer in range(L):
+            h, *rest = _lstm_layer_gates(lstm, layer, inp)
+            saved.append(rest)
+            inp = h
+        feats = h[-1]
+        head = model.head
+        hout = feats @ head.weight.detach().T
         if head.bias is not None:
-            grads["head.bias"] = delta
+            hout = hout + head.bias.detach()
+    hout = hout.detach().requires_grad_(True)
+    with torch.enable_grad():
+        loss = adapter.output_loss(adapter.head_output(hout), y, model).sum()
+        (delta,) = torch.autograd.grad(loss, hout)
+    grads: dict[str, torch.Tensor] = {"head.weight": torch.einsum("bo,bf->bof", delta, feats)}
+    if head.bias is not None:
+        grads["head.bias"] = delta
+    with torch.no_grad():
+        ext = None                                   # gradient from the layer above, (T, B, H)
+        for layer in range(L - 1, -1, -1):
+            operand, S, G, c, w = saved[layer]
+            i, f, o = S[..., :H], S[..., H:2 * H], S[..., 2 * H:]
+            dS = S * (1 - S)
+            tc = c.tanh()
+            K = x.new_empty(T, B, 4, H)                   # δz_t = K_t ⊙ [dc_t, dc_t, dc_t, dh_t]
+            torch.mul(G, dS[..., :H], out=K[:, :, 0])
+            K[0, :, 1] = 0
+            torch.mul(c[:-1], dS[1:, :, H:2 * H], out=K[1:, :, 1])
+            torch.mul(G, G, out=K[:, :, 2]).neg_().add_(1).mul_(i)
+            torch.mul(tc, dS[..., 2 * H:], out=K[:, :, 3])
+            A = tc.mul_(tc).neg_().add_(1).mul_(o)        # o_t (1 − tanh² c_t)
+            dz = x.new_empty(T, B, 4, H)
+            dz2 = dz.view(T, B, 4 * H)
+            w_hh = w[1]
+            dh = delta @ head.weight.detach() if ext is None else ext[T - 1]
+            dc = dh * A[T - 1]
+            for t in range(T - 1, -1, -1):
+                if t < T - 1:
+                    dh = torch.mm(dz2[t + 1], w_hh) if ext is None else torch.addmm(ext[t], dz2[t + 1], w_hh)
+                    dc = torch.addcmul(dh * A[t], dc, f[t + 1])
+                torch.mul(K[t, :, :3], dc.unsqueeze(1), out=dz[t, :, :3])
+                torch.mul(K[t, :, 3], dh, out=dz[t, :, 3])
+            gw = torch.bmm(dz2.permute(1, 2, 0), operand.transpose(0, 1))    # (B, 4H, n_in + H + 1)
+            n_in = operand.shape[-1] - H - 1
+            grads[f"lstm.weight_ih_l{layer}"] = gw[:, :, :n_in]
+            grads[f"lstm.weight_hh_l{layer}"] = gw[:, :, n_in:n_in + H]
+            if lstm.bias:
+                grads[f"lstm.bias_ih_l{layer}"] = gw[:, :, -1]
+                grads[f"lstm.bias_hh_l{layer}"] = gw[:, :, -1]
+            if layer > 0:
+                ext = (dz2.view(T * B, 4 * H) @ w[0]).view(T, B, H)
     return _flat(grads, names, B)
 
 
@@ -608,15 +652,23 @@ def top_k(scores: np.ndarray, k: int = 10) -> TopK:
 
 def tracin(run, train: Examples | tuple, test: Examples | tuple, method: str = "exact", layers=None, dim: int = 128,
            seed: int = 0, batch_size: int | None = None) -> InfluenceResult:
-    """TracInCP scores of every training example on every test example (n_test, n_train)."""
+    """TracInCP scores of every training example on every test example (n_test, n_train).
+
+    The test embeddings are computed first; the training embeddings then one chunk at a time, each multiplied
+    into the scores and dropped (memory stays at one chunk, whatever the number of training examples)."""
     ckpts = load_run(run)
     spec = EmbeddingSpec(method, layers, dim, seed)
+    adapter = get_adapter(ckpts[0].kind)
     tx, ty = (train.x, train.y) if isinstance(train, Examples) else train
     qx, qy = (test.x, test.y) if isinstance(test, Examples) else test
-    e_train = embed(ckpts, tx, ty, spec, batch_size=batch_size)
-    e_test = embed(ckpts, qx, qy, spec, batch_size=batch_size)
-    return InfluenceResult(e_test.astype(np.float64) @ e_train.astype(np.float64).T, method, spec.exact,
-                           spec.label, [c.sha256 for c in ckpts], [learning_rate(c) for c in ckpts])
+    e_test = embed(ckpts, qx, qy, spec, adapter, batch_size=batch_size).astype(np.float64)
+    scores = np.empty((len(e_test), len(tx)))
+    rows = int(batch_size or adapter.batch_size) * max(1, DEFAULT_CHUNK_ROWS // int(batch_size or adapter.batch_size))
+    for s in range(0, len(tx), rows):
+        e = embed(ckpts, tx[s:s + rows], ty[s:s + rows], spec, adapter, batch_size=batch_size)
+        scores[:, s:s + len(e)] = e_test @ e.astype(np.float64).T
+    return InfluenceResult(scores, method, spec.exact, spec.label, [c.sha256 for c in ckpts],
+                           [learning_rate(c) for c in ckpts])
 
 
 def self_influence(run, train: Examples | tuple, method: str = "exact", layers=None, dim: int = 128, seed: int = 0,

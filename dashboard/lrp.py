@@ -550,7 +550,8 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
             "adjoint_bar": f"÷ {_absmax(mp['adjoint']):.3g}",
             "agreement": f"Top {self.k:g} % areas; × = large relevance without adjoint support",
             "shares": f"Share of Σ|map| by region, lag {self.lag}",
-            "randomisation": f"Randomisation check ({RULES[self.rule][0]}, lag {self.lag})",
+            "randomisation": (f"Randomisation check ({RULES[self.rule][0]}, lag {self.lag})"
+                              if self.randomisation is not None else "Randomisation check: press the button"),
         }
 
     def plot_data(self) -> dict[str, dict]:
@@ -649,6 +650,7 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
             f.quad(left=[lo0 - 180.0], right=[lo1 - 180.0], bottom=[la0], top=[la1], fill_alpha=0,
                    line_color="black", line_width=1.5, line_dash="dashed")
             f.xaxis.formatter = CustomJSTickFormatter(code=LON_TICKS.code)
+            f.xaxis.ticker = FixedTicker(ticks=[-150, -90, -30, 30, 90, 150])  # 30°E, 90°E, … (x = lon − 180)
             f.yaxis.formatter = CustomJSTickFormatter(code=LAT_TICKS.code)
             f.add_tools(HoverTool(renderers=[img], tooltips=[("value", "@image{0.000}")]))
             bar = ColorBar(color_mapper=mapper, width=10, **bar_kw)
@@ -936,7 +938,8 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
             pn.pane.Markdown("## LRP vs adjoint sensitivity (SST QoI)"),
             self._alert, info,
             pn.Row(lag_w, pn.Column(rule_w), sizing_mode="stretch_width"),
-            pn.Row(explain_w, month_w, sizing_mode="stretch_width"),
+            pn.Row(explain_w, sizing_mode="stretch_width"),
+            month_w,
             pn.Row(adjoint_w, k_w, sup_w, sizing_mode="stretch_width"),
             badges,
             pn.GridBox(*[pn.pane.Bokeh(self._figs[k], **bk) for k in ("relevance", "adjoint", "agreement", "curves")],

@@ -1,6 +1,6 @@
-"""Regenerate the screenshots of the cell-state view under docs/screenshots/ (PNG).
+"""Regenerate the screenshots of the cell-state view (and of the LRP-vs-adjoint view) under docs/screenshots/ (PNG).
 
-    python docs/make_screenshots.py [--checkpoint PATH] [--data SPEC]
+    python docs/make_screenshots.py [--checkpoint PATH] [--data SPEC] [--only lrp]
 
 Serves the app on a free local port, opens each state in headless Chromium (1280 px wide) and saves a
 full-page PNG, reduced to a 256-colour palette so that each file stays small (about 200 KB or less).
@@ -15,7 +15,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from browser_utils import HEATMAP_TITLE_JS, browser_page, served_app  # noqa: E402
+from browser_utils import HEATMAP_TITLE_JS, TITLES_JS, browser_page, served_app  # noqa: E402
 
 
 def save(page, path: Path, full_page: bool = True) -> None:
@@ -45,12 +45,29 @@ STATES = [
 ]
 
 
+def lrp_screenshot(page, url: str, out: Path) -> None:
+    """The LRP-vs-adjoint view: ε-LRP positive composite at lag 3 beside the LIM adjoint."""
+    page.goto(url + "?view=lrp&lag=3&rule=epsilon&explain=positive", timeout=300_000)
+    page.wait_for_function("(t) => { const f = " + TITLES_JS + "; return f().some(s => s.includes(t)); }",
+                           arg="LRP ε, lag 3: positive composite", timeout=300_000)
+    page.wait_for_timeout(2000)
+    save(page, out / "07_lrp_vs_adjoint.png")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--data", default=None)
     p.add_argument("--out", default=str(HERE / "screenshots"))
+    p.add_argument("--only", choices=["lrp"], default=None, help="only the screenshot of this view")
     args = p.parse_args(argv)
+    if args.only == "lrp":
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        with served_app() as (url, _, _):
+            with browser_page(viewport=(1280, 1760)) as page:
+                lrp_screenshot(page, url, out)
+        return 0
     from xaiscope.dashboard.sources import default_checkpoints
 
     ckpt = args.checkpoint or next(iter(default_checkpoints().values()), None)
@@ -79,6 +96,7 @@ def main(argv=None) -> int:
                 page.get_by_text("not a readable safetensors file").first.wait_for(timeout=60_000)
                 page.wait_for_timeout(1000)
                 save(page, out / "06_broken_checkpoint.png", full_page=False)
+                lrp_screenshot(page, url, out)
     finally:
         for f in broken.iterdir():
             f.unlink()

@@ -376,27 +376,36 @@ class _ModelTooLarge(Exception):
     """Raised inside a model constructor when it creates more parameters than the weights file holds."""
 
 
+_BUILD_LIMITS = threading.local()  # .left = [tensors, values] while this thread builds a model to check
+
+
+def _parameter_budget_hook(module, name, param):
+    """Global parameter-registration hook (registered once, at import: adding and removing global hooks while
+    other threads build modules would race with their iteration over the hooks). It only acts in a thread that
+    set a budget, and stops the constructor when the budget is spent."""
+    left = getattr(_BUILD_LIMITS, "left", None)
+    if left is None or param is None:
+        return None
+    left[0] -= 1
+    left[1] -= int(param.numel())
+    if left[0] < 0 or left[1] < 0:
+        raise _ModelTooLarge()
+    return None
+
+
+torch.nn.modules.module.register_module_parameter_registration_hook(_parameter_budget_hook)
+
+
 def _check_against_meta_model(manifest: dict[str, Any], state: dict[str, torch.Tensor], where: Path) -> None:
     """Check the weights against the manifest's model built on the ``meta`` device (no memory allocated), so
     that a manifest asking for a huge model is refused before anything of that size is built.
 
-    While the meta model is built, a parameter-registration hook (for this thread only) stops the constructor
-    as soon as it has created clearly more parameters, or parameter values, than the file holds: a manifest
-    that asks for a million layers is refused at once instead of keeping the server busy.
+    While the meta model is built, a parameter budget (this thread only) stops the constructor as soon as it has
+    created clearly more parameters, or parameter values, than the file holds: a manifest that asks for a million
+    layers is refused at once instead of keeping the server busy.
     """
     n_tensors = len(state)
     n_values = sum(int(t.numel()) for t in state.values())
-    me = threading.get_ident()
-    seen = [0, 0]
-
-    def hook(module, name, param):
-        if param is None or threading.get_ident() != me:
-            return None
-        seen[0] += 1
-        seen[1] += int(param.numel())
-        if seen[0] > 2 * n_tensors + 16 or seen[1] > 2 * n_values + 4096:
-            raise _ModelTooLarge()
-        return None
 
     def too_large() -> CheckpointError:
         shown = json.dumps(manifest["config"], default=str)
@@ -405,7 +414,7 @@ def _check_against_meta_model(manifest: dict[str, Any], state: dict[str, torch.T
             f"{where}: the manifest's config {shown} describes a model far larger than the weights file "
             f"({n_tensors} tensors, {n_values} values); the manifest does not belong to these weights.")
 
-    handle = torch.nn.modules.module.register_module_parameter_registration_hook(hook)
+    _BUILD_LIMITS.left = [2 * n_tensors + 16, 2 * n_values + 4096]
     try:
         with torch.device("meta"):
             meta = build_model(manifest["kind"], manifest["config"])
@@ -420,7 +429,7 @@ def _check_against_meta_model(manifest: dict[str, Any], state: dict[str, torch.T
     except Exception:  # noqa: BLE001 - a model that cannot be built on meta is checked after the real build
         return
     finally:
-        handle.remove()
+        _BUILD_LIMITS.left = None
     check_state(meta, state, where)
 
 

@@ -407,6 +407,69 @@ def per_sample_grads_linear(adapter: TaskAdapter, model: nn.Module, x, y, names:
     return _flat(grads, names, len(x))
 
 
+def _probe_layer(lstm: nn.LSTM, layer: int, n_in: int) -> nn.LSTM:
+    """A one-layer ``nn.LSTM`` equal to layer ``layer`` of ``lstm`` with 4H extra inputs wired to the gate
+    pre-activations by an identity block: z_t = W_ih x_t + I p_t + W_hh h_{t−1} + b. Fed p_t = 0 it computes the
+    same, and ∂loss/∂p_t = δz_t."""
+    H = lstm.hidden_size
+    w_ih = getattr(lstm, f"weight_ih_l{layer}").detach()
+    cell = nn.LSTM(n_in + 4 * H, H, 1, bias=lstm.bias, batch_first=True).to(dtype=w_ih.dtype, device=w_ih.device)
+    with torch.no_grad():
+        cell.weight_ih_l0.copy_(torch.cat([w_ih, torch.eye(4 * H, dtype=w_ih.dtype, device=w_ih.device)], 1))
+        cell.weight_hh_l0.copy_(getattr(lstm, f"weight_hh_l{layer}"))
+        if lstm.bias:
+            cell.bias_ih_l0.copy_(getattr(lstm, f"bias_ih_l{layer}"))
+            cell.bias_hh_l0.copy_(getattr(lstm, f"bias_hh_l{layer}"))
+    cell.requires_grad_(False)
+    return cell
+
+
+def per_sample_grads_lstm_probe(adapter: TaskAdapter, model: nn.Module, x, y, names: Sequence[str]) -> torch.Tensor:
+    """HydroLSTM, small batches (fewer than :data:`LSTM_RECURSION_FROM` examples): one batched backward to every
+    example's gate pre-activation gradients δz_t (B, T, 4H) per layer, then ∇W_ih = Σ_t δz_t ⊗ x_t, ∇W_hh = Σ_t δz_t ⊗ h_{t−1}, ∇b_ih = ∇b_hh = Σ_t δz_t (einsums).
+
+    δz_t comes out of PyTorch's own fused LSTM kernels: each layer runs as an ``nn.LSTM`` with 4H zero "probe"
+    inputs wired to its gate pre-activations (:func:`_probe_layer`), and the gradient of the summed per-example
+    losses with respect to the probes is δz. Only activations are differentiated, never the weights."""
+    lstm = model.lstm
+    if model.training:
+        raise InfluenceError("the model is in training mode (dropout); call model.eval() first.")
+    H, L = lstm.hidden_size, lstm.num_layers
+    B, T = x.shape[0], x.shape[1]
+    layer_in = x
+    saved = []
+    for layer in range(L):
+        probe = x.new_zeros(B, T, 4 * H, requires_grad=True)
+        cell = _probe_layer(lstm, layer, layer_in.shape[-1])
+        out, _ = cell(torch.cat([layer_in, probe], -1))
+        saved.append((probe, layer_in, out))
+        layer_in = out
+    feats = layer_in[:, -1]
+    head = model.head
+    hout = head(feats)
+    hout.retain_grad()
+    adapter.output_loss(adapter.head_output(hout), y, model).sum().backward()
+    grads: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for layer, (probe, inp, out) in enumerate(saved):
+            dz = probe.grad
+            h_prev = torch.cat([out.new_zeros(B, 1, H), out[:, :-1]], 1)
+            grads[f"lstm.weight_ih_l{layer}"] = torch.einsum("btg,bti->bgi", dz, inp.detach())
+            grads[f"lstm.weight_hh_l{layer}"] = torch.einsum("btg,bth->bgh", dz, h_prev)
+            if lstm.bias:
+                db = dz.sum(1)
+                grads[f"lstm.bias_ih_l{layer}"] = db
+                grads[f"lstm.bias_hh_l{layer}"] = db
+        delta = hout.grad
+        grads["head.weight"] = torch.einsum("bo,bf->bof", delta, feats.detach())
+        if head.bias is not None:
+            grads["head.bias"] = delta
+    return _flat(grads, names, B)
+
+
+LSTM_RECURSION_FROM = 24     # batch size from which the backward recursion beats the probe route (measured on a CPU)
+
+
 def _lstm_layer_gates(lstm: nn.LSTM, layer: int, inp: torch.Tensor):
     """Layer ``layer`` of ``lstm`` on time-major ``inp`` (T, B, n_in), from zero states: h (T, B, H) from PyTorch's
     fused kernel, then the gates from one matrix product over all steps — S = σ(z) of i, f, o (T, B, 3H),
@@ -446,10 +509,16 @@ def per_sample_grads_lstm(adapter: TaskAdapter, model: nn.Module, x, y, names: S
     δz_t = [dc_t ⊙ g_t i_t(1−i_t), dc_t ⊙ c_{t−1} f_t(1−f_t), dc_t ⊙ i_t(1−g_t²), dh_t ⊙ tanh(c_t) o_t(1−o_t)],
     with e_t the gradient from the layer above (W_ihᵀ δz_t of that layer; for the top layer the head's, at the
     last step only). The factors after dc_t and dh_t are computed for all steps at once; the loop over t does one
-    small matrix product and four elementwise products per step. No autograd graph through the LSTM at all."""
+    small matrix product and four elementwise products per step. No autograd graph through the LSTM at all.
+
+    Batches of fewer than :data:`LSTM_RECURSION_FROM` examples (a handful of test predictions) go through
+    :func:`per_sample_grads_lstm_probe` instead, where the per-step Python loop would cost more than PyTorch's
+    fused backward."""
     lstm = model.lstm
     if model.training:
         raise InfluenceError("the model is in training mode (dropout); call model.eval() first.")
+    if len(x) < LSTM_RECURSION_FROM:
+        return per_sample_grads_lstm_probe(adapter, model, x, y, names)
     from xaiscope.core.device import exact_math
 
     H, L = lstm.hidden_size, lstm.num_layers

@@ -51,17 +51,20 @@ def mlp_run(tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------- per-example gradients
-@pytest.mark.parametrize("batch", [1, 5])
+@pytest.mark.parametrize("batch", [1, 5, I.LSTM_RECURSION_FROM, 40])
 def test_lstm_route_equals_loop(batch):
+    """Both LSTM routes (backward recursion from LSTM_RECURSION_FROM examples on, probe inputs below) equal the
+    per-example loop; a 3-layer LSTM and one step long sequences too."""
     torch.manual_seed(batch)
-    m = HydroLSTM(3, 5, 2, 0.0).double().eval()
     a = I.get_adapter("hydro_lstm")
-    x = torch.randn(batch, 17, 3, dtype=torch.float64)
-    y = torch.randn(batch, dtype=torch.float64)
-    names = I.param_names(m)
-    fast = I.per_sample_grads_lstm(a, m, x, y, names)
-    ref = I.per_sample_grads_loop(a, m, x, y, names)
-    np.testing.assert_allclose(fast.numpy(), ref.numpy(), rtol=1e-10, atol=1e-12)
+    for layers, steps in ((2, 17), (3, 6), (1, 1)):
+        m = HydroLSTM(3, 5, layers, 0.0).double().eval()
+        x = torch.randn(batch, steps, 3, dtype=torch.float64)
+        y = torch.randn(batch, dtype=torch.float64)
+        names = I.param_names(m)
+        ref = I.per_sample_grads_loop(a, m, x, y, names).numpy()
+        for route in (I.per_sample_grads_lstm, I.per_sample_grads_lstm_probe):
+            np.testing.assert_allclose(route(a, m, x, y, names).numpy(), ref, rtol=1e-10, atol=1e-12)
 
 
 def test_lstm_route_selected_layers_and_training_mode():

@@ -166,7 +166,9 @@ class AppState(param.Parameterized):
 
             try:
                 path = str(self.allowed_roots.confine(path))
-                load_hydro(path)
+                loaded = load_hydro(path)
+                # the files actually read (e.g. an epoch folder that is a symlink) must lie inside too
+                self.allowed_roots.confine(loaded.extra.get("weights_path") or path)
             except Exception as err:  # noqa: BLE001 - any failure must reach the user, not kill the app
                 log.warning("cannot add checkpoint %r: %s", path, err, exc_info=not isinstance(err, USER_ERRORS))
                 self.error = f"Checkpoint {str(path)[:300]!r}: {describe_error(err)}"

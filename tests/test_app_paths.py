@@ -97,6 +97,19 @@ def test_add_checkpoint_outside_refused_and_state_stays_usable(layout, basin, ty
     assert state.error == "" and state.ckpt.manifest["config"]["hidden_size"] == 3
 
 
+def test_symlinked_epoch_folder_leading_out_is_refused(layout, basin):
+    run = layout / "allowed" / "run"
+    run.mkdir()
+    (run / "epoch_001").symlink_to(layout / "allowed" / "good2", target_is_directory=True)
+    (run / "epoch_002").symlink_to(layout / "outside" / "good", target_is_directory=True)
+    state = _state(layout, basin)
+    before = state.ckpt
+    assert state.add_checkpoint(str(run)) is None  # the run folder's last epoch lies outside
+    assert "may only open files inside" in state.error and state.ckpt is before
+    (run / "epoch_002").unlink()
+    assert state.add_checkpoint(str(run)) is not None and state.error == ""
+
+
 def test_broken_checkpoint_inside_roots_shows_error_and_keeps_state(layout, basin):
     state = _state(layout, basin)
     before = state.ckpt

@@ -233,7 +233,10 @@ class TracInExplorer(pn.viewable.Viewer):
         self.param.watch(self._on_selected, ["selected"])
         self.param.watch(self._on_k, ["k"])
         self._t_open = time.perf_counter()
-        self._load_model(keep_spec=self._spec_from_url)
+        if self._in_server():  # start once the page is up: a change before the browser has the page is lost
+            pn.state.onload(lambda: self._load_model(keep_spec=self._spec_from_url))
+        else:
+            self._load_model(keep_spec=self._spec_from_url)
 
     # ------------------------------------------------------------------------------ URL, errors, jobs
     @staticmethod
@@ -795,8 +798,8 @@ class TracInExplorer(pn.viewable.Viewer):
     def _sync_widgets(self) -> None:
         if self._layout is None:
             return
-        self._test_w.options = self.test_labels
-        self._test_w.value = self.test
+        labels = self.test_labels
+        self._test_w.param.update(options=labels, value=self.test if self.test in labels else None)
         self._layers_w.options = list(self.param.layers.objects)
         self._method_w.options = {METHOD_LABELS[m]: m for m in self.param.method.objects}
         exact, proj = self.method == "exact", self.method == "projection"
@@ -843,7 +846,7 @@ class TracInExplorer(pn.viewable.Viewer):
             label = "Proponents (training lowered the test loss)" if role == "proponent" else \
                 "Opponents (training raised the test loss)"
             rows.append(pn.pane.Markdown(f"**{label}** — click one to open it"))
-            rows.append(pn.FlexBox(*panes, sizing_mode="stretch_width"))
+            rows.append(pn.GridBox(*panes, ncols=min(self.k, 5), sizing_mode="stretch_width"))
         self._thumb_box.objects = rows
 
     def _open_thumb(self, role: str, j: int) -> None:

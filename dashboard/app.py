@@ -157,6 +157,9 @@ def create_app(checkpoints: Sequence | None = None, data: Sequence | None = None
         title="xaiscope — inside geoscience neural networks",
         sidebar=sidebar, main=[main], collapsed_sidebar=present0,
         header_background="#1a365d", sidebar_width=300, main_max_width="1600px",
+        # no global busy spinner: it toggles CSS classes on every server round trip (every scrub step), which
+        # makes the browser lay out the whole page again; long work shows its own progress instead
+        busy_indicator=None,
     )
     if present0:
         shell.presentation = True

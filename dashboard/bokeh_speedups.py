@@ -5,7 +5,8 @@ showed that most of the time from a slider move to the new picture went to the b
 drawing: at every paint BokehJS (3.x)
 
 1. rewrites the position stylesheet of every renderer's DOM element (``InlineStyleSheet._update`` sets
-   ``<style>.textContent`` even when the text is unchanged), which Chromium treats as a changed style rule; and
+   ``<style>.textContent`` even when the text is unchanged, and positions computed from datetime ranges differ in
+   the twelfth decimal between paints), which Chromium treats as a changed style rule; and
 2. then asks ``getComputedStyle`` for CSS-variable overrides of every line/fill/text property of every scalar
    visual (axes, grids, titles, spans, legends) and for the plot's base font size — each call after (1) forces a
    full style recalculation, and with Panel's design stylesheets adopted in every shadow root a recalculation costs
@@ -13,7 +14,8 @@ drawing: at every paint BokehJS (3.x)
 
 :class:`BokehSpeedups` is an invisible component whose render script patches BokehJS once per page:
 
-- (1) skips rewriting a stylesheet whose text is unchanged (no change in behaviour);
+- (1) rounds pixel lengths in those stylesheets to 1/100 px and skips rewriting a stylesheet whose text is
+  unchanged (no visible change: these elements are empty, positioned boxes);
 - (2) memoises, per DOM element, the CSS-variable lookups of visuals and the base font size. xaiscope styles its
   figures through Bokeh properties, never through ``--bk-*`` CSS variables, so the memo never hides a change;
   ``window.xsResetBokehCssCache()`` clears it (presentation mode calls it when fonts grow).
@@ -40,7 +42,13 @@ PATCH_JS = r"""
     const S = B.require("core/dom").InlineStyleSheet;
     const orig = S && S.prototype && S.prototype._update;
     if (typeof orig === "function") {
-      S.prototype._update = function (css) { if (this.el == null || this.el.textContent !== css) orig.call(this, css); };
+      // positions are computed from data ranges in float64 and jitter by ~1e-12 px between paints: round to
+      // 1/100 px so that an unmoved element keeps the same text
+      const round = (css) => css.replace(/(-?\d+\.\d{3,})px/g, (_, n) => Number(n).toFixed(2) + "px");
+      S.prototype._update = function (css) {
+        if (typeof css === "string" && css.indexOf("px") >= 0) css = round(css);
+        if (this.el == null || this.el.textContent !== css) orig.call(this, css);
+      };
       done.push("stylesheets");
     }
   } catch (e) { console.debug("xaiscope: stylesheet patch skipped", e); }

@@ -20,6 +20,7 @@ dataset and cached in the process (see :mod:`xaiscope.dashboard.compute`).
 from __future__ import annotations
 
 import asyncio
+import html
 import datetime as dt
 import logging
 import time
@@ -33,10 +34,9 @@ import param
 import xarray as xr
 import holoviews.plotting.bokeh  # noqa: F401 - registers the bokeh options without notebook output
 import colorcet
-from bokeh.core.properties import value as bk_value
 from bokeh.events import Tap
 from bokeh.layouts import gridplot
-from bokeh.models import (ColorBar, ColumnDataSource, HoverTool, Label, Legend, LegendItem, LinearColorMapper,
+from bokeh.models import (BasicTicker, ColorBar, ColumnDataSource, FixedTicker, HoverTool, Label, LinearColorMapper,
                           Range1d, Span, TapTool)
 from bokeh.palettes import Viridis256
 from bokeh.plotting import figure
@@ -63,6 +63,11 @@ CELL_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
                "#bcbd22", "#7f7f7f"]
 _PREFETCH = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xaiscope-prefetch")
 MAX_TRACES = 10
+LEGEND_CSS = """
+.xs-legend { font-size: 0.9em; line-height: 1.6; white-space: nowrap; overflow-x: auto; }
+.xs-legend-item { margin-right: 12px; }
+.xs-legend-title { font-weight: 600; margin-right: 6px; margin-left: 4px; }
+"""
 DAY_MS = 86_400_000.0
 SERIES = ("prcp", "tmin", "tmax", "tmean", "swe", "qobs", "q_benchmark", "qsim")
 
@@ -183,6 +188,8 @@ class CellStateExplorer(pn.viewable.Viewer):
         self._best_btn = w.Button(name="Select the best snow cell", button_type="success",
                                   disabled=True)
         # a fixed height: a new status line must not make the browser lay out the whole page again
+        self._legend_pane = pn.pane.HTML("", sizing_mode="stretch_width", height=28, margin=(0, 10),
+                                         stylesheets=[LEGEND_CSS])
         self._status_md = pn.pane.Markdown("", sizing_mode="stretch_width", css_classes=["xs-status"], height=32,
                                            margin=(0, 10))
         self._alert = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width")
@@ -256,6 +263,8 @@ class CellStateExplorer(pn.viewable.Viewer):
             f.axis.major_label_text_font_size = tick_px
             f.axis.axis_label_text_font_size = label_px
             f.xaxis.visible = xaxis
+            # few tick labels: every label is text the browser draws again on each day of a scrub
+            f.yaxis.ticker.desired_num_ticks = 4
             f.toolbar.logo = None
             f.grid.grid_line_alpha = 0.35
             span = Span(location=self._day_ms(), dimension="height", line_color=COLORS["day"],
@@ -284,13 +293,9 @@ class CellStateExplorer(pn.viewable.Viewer):
         r_sim = f_flow.line(x="time", y="qsim", source=s, color=COLORS["qsim"], line_width=lw * 0.9)
         r_neg = f_flow.scatter(x="time", y="qsim", source=self._src["neg"], marker="x", size=7 * hk,
                                color=COLORS["neg"], line_width=2)
-        self._sim_item = LegendItem(label=self._sim_label(), renderers=[r_sim])
-        legend = Legend(items=[LegendItem(label="observed", renderers=[r_obs]),
-                               LegendItem(label="SAC-SMA + Snow-17", renderers=[r_bench]), self._sim_item,
-                               LegendItem(label="negative (impossible)", renderers=[r_neg])],
-                        location="top_left", ncols=2, background_fill_alpha=0.6, click_policy="hide",
-                        label_text_font_size=tick_px)
-        f_flow.add_layout(legend)
+        self._flow_renderers = {"observed": r_obs, "benchmark": r_bench, "lstm": r_sim, "negative": r_neg}
+        # Legends are HTML beside the figures (see legend_html): a Bokeh Legend is redrawn as DOM whenever any
+        # data source of its renderers changes, i.e. on every day of a scrub.
 
         cmap, (lo, hi) = self._color_for_gate()
         self._mapper = LinearColorMapper(palette=cmap, low=lo, high=hi, nan_color=(0, 0, 0, 0))
@@ -303,7 +308,9 @@ class CellStateExplorer(pn.viewable.Viewer):
         f_heat.add_tools(HoverTool(renderers=[r_img], tooltips=[("day", "$x{%F}"), ("cell", "$y{0}"),
                                                                 ("value", "@image{0.000}")],
                                    formatters={"$x": "datetime"}), TapTool())
-        f_heat.add_layout(ColorBar(color_mapper=self._mapper, width=10, major_label_text_font_size=tick_px),
+        f_heat.yaxis.ticker = FixedTicker(ticks=list(range(0, max(self.n_cells, 1), 5 if self.n_cells > 10 else 1)))
+        f_heat.add_layout(ColorBar(color_mapper=self._mapper, width=10, major_label_text_font_size=tick_px,
+                                   ticker=BasicTicker(desired_num_ticks=4)),
                           "right")
         f_heat.min_border_right = 20
         # the title names the shown day; a Label (drawn on the canvas) instead of the plot's Title, whose new
@@ -317,15 +324,10 @@ class CellStateExplorer(pn.viewable.Viewer):
 
         f_tr = fig(190, "Selected cells", xaxis=True, x_axis_label="date")
         self._trace_renderers = []
-        items = []
         for k in range(MAX_TRACES):
             r = f_tr.line(x="time", y=f"y{k}", source=self._src["traces"], line_width=lw,
                           color=CELL_COLORS[k % len(CELL_COLORS)], visible=False)
             self._trace_renderers.append(r)
-            items.append(LegendItem(label=f"cell {k}", renderers=[r], visible=False))
-        self._trace_items = items
-        f_tr.add_layout(Legend(items=items, location="top_left", label_text_font_size=tick_px,
-                               background_fill_alpha=0.6, click_policy="hide"))
         f_tr.add_tools(HoverTool(renderers=self._trace_renderers, tooltips=[("day", "@time{%F}"), ("value", "$y")],
                                  formatters={"@time": "datetime"}, mode="vline"))
         self._figs = {"prcp": f_prcp, "temp": f_temp, "swe": f_swe, "flow": f_flow, "heat": f_heat,
@@ -377,14 +379,35 @@ class CellStateExplorer(pn.viewable.Viewer):
         for k in range(MAX_TRACES):
             cols[f"y{k}"] = arr[:, self.cells[k]] if k < len(self.cells) else np.full(len(t), np.nan)
         self._src["traces"].data = cols
-        for k, (r, item) in enumerate(zip(self._trace_renderers, self._trace_items)):
+        for k, r in enumerate(self._trace_renderers):
             on = k < len(self.cells)
-            label = f"cell {self.cells[k]}" if on else f"cell {k}"
             if r.visible != on:
                 r.visible = on
-                item.visible = on
-            if on and getattr(item.label, "value", item.label) != label:
-                item.label = bk_value(label)
+        self._legend_pane.object = self.legend_html()
+
+    def legend_entries(self) -> list[tuple[str, str, str]]:
+        """``(label, colour, style)`` of every legend entry: the streamflow lines, then the selected cells."""
+        flow = [("observed", COLORS["qobs"], "solid"), ("SAC-SMA + Snow-17", COLORS["qbench"], "dotted"),
+                (self._sim_label(), COLORS["qsim"], "solid"), ("negative (impossible)", COLORS["neg"], "cross")]
+        cells = [(f"cell {c}", CELL_COLORS[k % len(CELL_COLORS)], "solid") for k, c in enumerate(self.cells)]
+        return flow + cells
+
+    def legend_html(self) -> str:
+        """The legends of the streamflow and selected-cell panels as one HTML line."""
+        def entry(label, color, style):
+            if style == "cross":
+                mark = f'<b style="color:{color}">×</b>'
+            else:
+                mark = (f'<span style="display:inline-block;width:22px;vertical-align:middle;'
+                        f'border-top:3px {style} {color}"></span>')
+            return f'<span class="xs-legend-item">{mark}&nbsp;{html.escape(label)}</span>'
+
+        entries = self.legend_entries()
+        flow, cells = entries[:4], entries[4:]
+        parts = ['<span class="xs-legend-title">Streamflow:</span>', *(entry(*e) for e in flow)]
+        parts += ['<span class="xs-legend-title">Selected cells:</span>']
+        parts += [entry(*e) for e in cells] or ['<i>none (click heatmap rows)</i>']
+        return '<div class="xs-legend">' + " ".join(parts) + "</div>"
 
     def _state_array(self) -> np.ndarray:
         st = self.shown_states()
@@ -402,9 +425,12 @@ class CellStateExplorer(pn.viewable.Viewer):
 
     def _push_day(self) -> None:
         """The day marker and the heatmap title (continuous mode: the only things that move with the day)."""
-        loc = self._day_ms()
-        for span in self._spans:
-            span.update(location=loc, visible=self.mode == "continuous")
+        loc, on = self._day_ms(), self.mode == "continuous"
+        for span in self._spans:  # window mode hides the markers: leave them alone (each change is a repaint)
+            if span.visible != on:
+                span.visible = on
+            if on and span.location != loc:
+                span.location = loc
         self._heat_label.text = self._image_title()
 
     def _day_ms(self) -> float:
@@ -505,7 +531,7 @@ class CellStateExplorer(pn.viewable.Viewer):
         )
         tabs.param.watch(lambda e: self._update_skill(table=True) if e.new == 2 else None, "active")
         return pn.Column(self._title_md, self._alert, self._warn, self._progress_md, self._progress, controls,
-                         self._status_md, self._plot_pane, tabs, BokehSpeedups(), sizing_mode="stretch_width",
+                         self._status_md, self._legend_pane, self._plot_pane, tabs, BokehSpeedups(), sizing_mode="stretch_width",
                          css_classes=["xs-cellstate"])
 
     # ------------------------------------------------------------------------------------ errors
@@ -723,7 +749,7 @@ class CellStateExplorer(pn.viewable.Viewer):
         if what == "sim":
             self._set_qsim(compute.simulation(self.ckpt, self.ds, self.state.data_key, self.state.device))
             self._sim_ready = True
-            self._sim_item.label = bk_value(self._sim_label())
+            self._legend_pane.object = self.legend_html()
             self._refresh()
         elif what == "probe":
             self._update_probe()

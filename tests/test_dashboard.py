@@ -159,7 +159,8 @@ def test_window_mode_opens_on_the_selected_days_window(ckpt_dir, basin):
     assert ex._days[ex._player.value] == pd.Timestamp("2002-01-20") == ex._days[ex._player.value_throttled]
     assert ex._slider.value == dt.date(2002, 1, 20)
     # the simulation has finished: the legend and the progress bar no longer say it is running
-    assert ex._sim_ready and ex._sim_item.label.value == "LSTM"
+    assert ex._sim_ready and ("LSTM", "#d53f8c", "solid") in ex.legend_entries()
+    assert "running" not in ex.legend_html()
     assert not ex._progress.visible
 
 
@@ -240,6 +241,9 @@ def test_clicking_a_heatmap_row_toggles_the_cell(explorer):
     ex.cells = []
     ex._on_tap(x=None, y=3.2)
     assert ex.cells == [3]
+    # the legend names the selected cell in the colour of its trace, and only one trace is drawn
+    assert ("cell 3", ex._trace_renderers[0].glyph.line_color, "solid") in ex.legend_entries()
+    assert [r.visible for r in ex._trace_renderers].count(True) == 1 and "cell 3" in ex._legend_pane.object
     ex._on_tap(x=None, y=2.8)
     assert ex.cells == []
     ex._on_tap(x=None, y=99)

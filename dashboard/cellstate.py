@@ -63,6 +63,39 @@ CELL_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
                "#bcbd22", "#7f7f7f"]
 _PREFETCH = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xaiscope-prefetch")
 MAX_TRACES = 10
+RASTER_MAX_COLUMNS = 3000  # heatmaps wider than this (days) are drawn as k-day means aggregated by Datashader
+
+
+def aggregate_days(arr: np.ndarray, max_columns: int = RASTER_MAX_COLUMNS) -> tuple[np.ndarray, int]:
+    """The (time, cell) array as a (cell, column) image of at most ``max_columns`` columns, and the days per column.
+
+    Short records come back as they are (k = 1). Long ones (the continuous mode over decades) are averaged over
+    k = ceil(days / max_columns) consecutive days per column with Datashader's raster mean (the last column
+    averages the days that remain): a screen has no more pixels than that, and the page stays light.
+    """
+    n, n_cells = arr.shape
+    k = max(1, -(-n // max_columns))
+    if k == 1:
+        return np.ascontiguousarray(arr.T, dtype=np.float32), 1
+    import datashader
+
+    m = -(-n // k)
+    padded = np.full((m * k, n_cells), np.nan, dtype=np.float32)
+    padded[:n] = arr
+    da = xr.DataArray(padded.T, dims=("y", "x"),
+                      coords={"y": np.arange(n_cells, dtype=float), "x": np.arange(m * k, dtype=float)})
+    canvas = datashader.Canvas(plot_width=m, plot_height=n_cells, x_range=(-0.5, m * k - 0.5),
+                               y_range=(-0.5, n_cells - 0.5))
+    image = canvas.raster(da, agg="mean", interpolate="nearest").values
+    return np.ascontiguousarray(image, dtype=np.float32), k
+
+
+_DATASHADER_WARM = False
+
+
+def warm_up_datashader() -> None:
+    """Compile Datashader's raster kernels (a few seconds, once per process) before a user needs them."""
+    aggregate_days(np.zeros((2 * RASTER_MAX_COLUMNS + 1, 2), dtype=np.float32))
 LEGEND_CSS = """
 .xs-legend { font-size: 0.9em; line-height: 1.6; white-space: nowrap; overflow-x: auto; }
 .xs-legend-item { margin-right: 12px; }
@@ -370,8 +403,10 @@ class CellStateExplorer(pn.viewable.Viewer):
         t = self._days_ms[a:a + arr.shape[0]]
         if what != "cells":
             x0 = float(t[0] - DAY_MS / 2)
-            self._src["heat"].data = {"image": [np.ascontiguousarray(arr.T, dtype=np.float32)], "x": [x0],
-                                      "y": [-0.5], "dw": [float(len(t) * DAY_MS)], "dh": [float(arr.shape[1])]}
+            image, self._days_per_column = aggregate_days(arr, RASTER_MAX_COLUMNS)
+            self._src["heat"].data = {"image": [image], "x": [x0], "y": [-0.5],
+                                      "dw": [float(image.shape[1] * self._days_per_column * DAY_MS)],
+                                      "dh": [float(arr.shape[1])]}
             self._set_color_limits(arr)
             self._heat_label.text = self._image_title()
         self._src["marks"].data = {"y": np.array([c + d for c in self.cells for d in (-0.5, 0.5)], dtype=float)}
@@ -476,6 +511,9 @@ class CellStateExplorer(pn.viewable.Viewer):
     def _image_title(self) -> str:
         label = compute.GATE_LABELS[self.gate]
         when = (f"window ending {self.date}" if self.mode == "window" else f"whole record, day {self.date}")
+        k = getattr(self, "_days_per_column", 1)
+        if self.mode == "continuous" and k > 1:
+            when += f", {k}-day means"
         return f"{label}, layer {self.layer} — {when} (click a row to select a cell)"
 
     # ------------------------------------------------------------------------------------ panel
@@ -642,6 +680,10 @@ class CellStateExplorer(pn.viewable.Viewer):
         self._token += 1
         key = self._source_key()
         self._sim_ready = compute.has_simulation(self.ckpt, self.state.data_key, self.state.device)
+        global _DATASHADER_WARM
+        if not _DATASHADER_WARM and self.ds is not None and self.ds.sizes.get("time", 0) > RASTER_MAX_COLUMNS:
+            _DATASHADER_WARM = True
+            _PREFETCH.submit(warm_up_datashader)
         if self._in_server():
             token, doc = self._token, pn.state.curdoc
 

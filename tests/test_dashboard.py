@@ -338,3 +338,37 @@ def test_cache_computes_once_for_concurrent_callers():
     t1.join(10)
     t2.join(10)
     assert calls == ["slow"] and results == [42, 42]
+
+
+def test_long_records_are_drawn_as_exact_k_day_means():
+    """Datashader aggregates wide heatmaps; each column must be the plain mean of its k days (numpy reference)."""
+    from xaiscope.dashboard.cellstate import aggregate_days
+
+    rng = np.random.default_rng(3)
+    short = rng.normal(size=(365, 7)).astype(np.float32)
+    img, k = aggregate_days(short, max_columns=3000)
+    assert k == 1 and img.shape == (7, 365) and np.array_equal(img, short.T)
+    long = rng.normal(size=(12_784, 20)).astype(np.float32)
+    img, k = aggregate_days(long, max_columns=3000)
+    assert k == 5 and img.shape == (20, 2557)
+    ref = np.stack([long[j * k:(j + 1) * k].mean(axis=0) for j in range(img.shape[1])], axis=1)
+    np.testing.assert_allclose(img, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_continuous_heatmap_of_the_whole_record_is_aggregated(explorer, basin, monkeypatch):
+    from xaiscope.dashboard import cellstate
+
+    monkeypatch.setattr(cellstate, "RASTER_MAX_COLUMNS", 500)  # this test record: 1,461 days -> 3-day means
+    ex = explorer
+    ex.param.update(mode="continuous", gate="c", layer=1)
+    ex._refresh()
+    n = basin.sizes["time"]
+    image = ex._src["heat"].data["image"][0]
+    assert ex._days_per_column == 3 and image.shape == (ex.n_cells, -(-n // 3))
+    assert ex._src["heat"].data["dw"][0] == pytest.approx(image.shape[1] * 3 * 86_400_000)
+    assert "3-day means" in ex._heat_label.text
+    daily = ex.plot_data()["image"].values  # the data behind the plot (and its downloads) stay daily
+    assert n in daily.shape
+    daily_tc = daily if daily.shape[0] == n else daily.T
+    np.testing.assert_allclose(image[:, 0], daily_tc[:3].mean(axis=0), rtol=1e-5, atol=1e-6)
+    ex.param.update(mode="window")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -49,7 +50,7 @@ log = logging.getLogger("xaiscope.dashboard")
 RULES: dict[str, tuple[str, str, dict]] = {
     "epsilon": ("LRP ε", "lrp", {"rule": "epsilon", "epsilon": 1e-6}),
     "zplus": ("LRP z⁺", "lrp", {"rule": "zplus", "epsilon": 1e-6}),
-    "alpha1beta0_zb": ("LRP α1β0, z^B first layer", "lrp", {"rule": "alpha1beta0", "first_rule": "zbox",
+    "alpha1beta0_zb": ("LRP α1β0 + z^B", "lrp", {"rule": "alpha1beta0", "first_rule": "zbox",
                                                              "epsilon": 1e-6}),
     "gradient_x_input": ("gradient × input", "gradient_x_input", {}),
     "integrated_gradients": ("integrated gradients", "integrated_gradients", {"n_steps": 64}),
@@ -341,6 +342,7 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
         self.randomisation: pd.DataFrame | None = None
         self._layout = None
         self._memo: dict = {}
+        self._jobs: set = set()
         try:
             self.setup = prepare(checkpoint, sst)
         except Exception as err:  # noqa: BLE001 - shown to the user, app keeps running
@@ -496,30 +498,50 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
         adj = contrib[0] if self.explain == "month" else (contrib.mean(0) if len(rows) else np.full(n, np.nan))
         return rel, adj
 
-    def curves(self) -> pd.DataFrame:
+    def _target_key(self, lag: int) -> tuple:
+        return (self.setup.models[lag].ckpt.sha256, self.rule, self.explain if self.explain != "month" else self.month)
+
+    def missing_lags(self) -> list[int]:
+        """Lags whose explanation of the current target is not computed yet."""
+        return [lag for lag in self.setup.lags if self._target_key(lag) not in self.setup.explanations]
+
+    def curves(self, partial: bool = False) -> pd.DataFrame:
         """Metrics at every lag with a checkpoint (index lag): pattern correlation, top-k Jaccard, sign agreement
         and each map's region shares — the definitions of :mod:`xaiscope.core.agreement` on the sea-cell vectors
-        (:func:`fast_metrics`); computed once per (rule, target, adjoint, k) and cached."""
+        (:func:`fast_metrics`); computed once per (rule, target, adjoint, k) and cached. ``partial``: lags other than
+        the selected one whose explanation is still being computed (in the background) get NaN rows."""
         key = self._key(lag=-1)
         if key not in self.setup.curves:
+            if partial:
+                self._background()  # whichever of the page's parts asks first starts the background job
             t0 = time.perf_counter()
+            skip = set(self.missing_lags()) - {self.lag} if partial and self._job() in self._jobs else set()
             rows = []
             for lag in self.setup.lags:
+                row = {"lag": lag}
+                if lag in skip:
+                    rows.append(row)
+                    continue
                 rel, adj = self.vectors(lag)
                 mt = fast_metrics(rel, adj, self.setup.sea_area, self.k, self.setup.sea_region,
                                   len(self.setup.regions.region))
-                row = {"lag": lag, **{k: mt[k] for k in METRICS}}
+                row.update({k: mt[k] for k in METRICS})
                 for i, r in enumerate(self.setup.regions.region.values):
                     row[f"relevance_{r}"] = mt["relevance_shares"][i]
                     row[f"adjoint_{r}"] = mt["adjoint_shares"][i]
                 rows.append(row)
-            self.setup.curves[key] = pd.DataFrame(rows).set_index("lag")
+            cols = ["lag", *METRICS] + [f"{m}_{r}" for r in self.setup.regions.region.values
+                                        for m in ("relevance", "adjoint")]
+            df = pd.DataFrame(rows).reindex(columns=cols).set_index("lag")
+            if skip:
+                return df
+            self.setup.curves[key] = df
             self.timings["curves_s"] = time.perf_counter() - t0
         return self.setup.curves[key]
 
     def shares(self) -> pd.DataFrame:
         """Region shares of both maps at the selected lag (index region)."""
-        c = self.curves().loc[self.lag]
+        c = self.curves(partial=True).loc[self.lag]
         regions = list(self.setup.regions.region.values)
         return pd.DataFrame({"relevance": [c[f"relevance_{r}"] for r in regions],
                              "adjoint": [c[f"adjoint_{r}"] for r in regions]}, index=pd.Index(regions, name="region"))
@@ -570,7 +592,7 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
 
         u = mp["unsupported"].values
         ii, jj = np.nonzero(u)
-        df = self.curves()
+        df = self.curves(partial=True)
         sh = self.shares()
         factors = [(REGION_LABELS[r], m) for r in sh.index for m in ("relevance", "adjoint")]
         out = {
@@ -668,7 +690,9 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
             f.scatter(x="x", y="y", source=self._src["unsupported"], marker="x", size=9, line_width=2,
                       color="black")
 
-        f_cur = figure(height=250, sizing_mode="stretch_width", y_range=Range1d(-1.0, 1.0), title="Agreement by lag",
+        lags = self.setup.lags
+        f_cur = figure(height=250, sizing_mode="stretch_width", y_range=Range1d(-1.0, 1.0),
+                       x_range=Range1d(lags[0] - 0.5, lags[-1] + 0.5), title="Agreement by lag",
                        x_axis_label="lag (months)", y_axis_label="metric", tools="pan,box_zoom,reset,save",
                        output_backend="canvas")
         f_cur.toolbar.logo = None
@@ -713,11 +737,51 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
         for f in self._figs.values():
             f.title.text_font_size = "12px"
 
+    def _job(self) -> tuple:
+        return (self.rule, self.explain, self.month if self.explain == "month" else "")
+
+    def _in_server(self) -> bool:
+        doc = pn.state.curdoc
+        return doc is not None and getattr(doc, "session_context", None) is not None
+
+    def _background(self) -> None:
+        """In a served session, compute the slow explanations (integrated gradients) of the other lags in a thread;
+        the selected lag is drawn at once, the curves fill in when the thread is done."""
+        missing = [lag for lag in self.missing_lags() if lag != self.lag]
+        if not missing or self.rule != "integrated_gradients" or not self._in_server():
+            return
+        job = self._job()
+        if job in self._jobs:
+            return
+        self._jobs.add(job)
+        doc = pn.state.curdoc
+        rule, explain, month = self.rule, self.explain, self.month
+
+        def work():
+            try:
+                for lag in missing:
+                    self.setup.explanation(lag, rule, explain, month)
+            except Exception:  # noqa: BLE001 - logged; the curves stay partial
+                log.error("LRP view: background explanations failed", exc_info=True)
+            finally:
+                self._jobs.discard(job)
+
+            def done():
+                from panel.io.state import set_curdoc
+
+                with set_curdoc(doc):
+                    self.param.trigger("rand_runs")  # redraws plots and text with the finished curves
+
+            doc.add_next_tick_callback(done)
+
+        threading.Thread(target=work, name="xaiscope-lrp-explanations", daemon=True).start()
+
     def _refresh(self, *_) -> None:
         """Push the selection's data into the plots, in place."""
         if self.setup is None or not hasattr(self, "_src"):
             return
         t0 = time.perf_counter()
+        self._background()
 
         def push():
             data = self.plot_data()
@@ -731,7 +795,10 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
                 self._lag_span.location = float(self.lag)
                 for k in ("relevance", "adjoint"):
                     self._bars[k].title = titles[f"{k}_bar"]
-                self._figs["curves"].title.text = f"Agreement by lag: {RULES[self.rule][0]}, {self._what_short()}"
+                pending = len(self.missing_lags())
+                self._figs["curves"].title.text = (
+                    f"Agreement by lag: {RULES[self.rule][0]}, {self._what_short()}" +
+                    (f" (computing {pending} more lags…)" if pending else ""))
             return True
 
         self._guard(push, None)
@@ -758,7 +825,7 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
         return "".join(parts)
 
     def note_md(self) -> str:
-        mt = self.curves().loc[self.lag]
+        mt = self.curves(partial=True).loc[self.lag]
         u = self.maps()["unsupported"]
         rel = self.maps()["relevance"]
         w = np.abs(np.nan_to_num(rel.values))
@@ -937,7 +1004,7 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
         return pn.Column(
             pn.pane.Markdown("## LRP vs adjoint sensitivity (SST QoI)"),
             self._alert, info,
-            pn.Row(lag_w, pn.Column(rule_w), sizing_mode="stretch_width"),
+            pn.Row(lag_w, rule_w, sizing_mode="stretch_width"),
             pn.Row(explain_w, sizing_mode="stretch_width"),
             month_w,
             pn.Row(adjoint_w, k_w, sup_w, sizing_mode="stretch_width"),

@@ -339,6 +339,12 @@ def test_browser_switch_lag_and_rule(tmp_path):
             page.wait_for_function(wait, arg="LRP z⁺, lag 4: positive composite", timeout=60_000)
             page.wait_for_function("() => window.location.search.includes('lag=4')", timeout=30_000)
             assert "rule=zplus" in page.url
+            # integrated gradients: the selected lag at once, the other lags' curves from a background thread
+            page.get_by_role("button", name="integrated gradients", exact=True).click()
+            page.wait_for_function(wait, arg="integrated gradients, lag 4: positive composite", timeout=120_000)
+            page.wait_for_function("() => { const f = " + TITLES_JS + "; return f().some(s => s.startsWith("
+                                   "'Agreement by lag: integrated gradients') && !s.includes('computing')); }",
+                                   timeout=240_000)
             page.goto(url + "?view=lrp&lag=12&rule=gradient_x_input&explain=month&month=2016-02", timeout=240_000)
             page.wait_for_function(wait, arg="gradient × input, lag 12: 2016-02", timeout=240_000)
             page.wait_for_timeout(1000)

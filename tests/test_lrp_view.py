@@ -317,6 +317,30 @@ def test_layout_updates_in_place(view):
     assert view._lag_span.location == 9.0
 
 
+def test_notebook_embedding_with_plain_extension(tmp_path):
+    """In a Jupyter kernel with nothing but ``pn.extension()`` the explorer renders (Panel output, no error)."""
+    import re
+
+    import nbclient
+    import nbformat
+
+    code = ("import panel as pn\n"
+            "from xaiscope.dashboard.lrp import LrpAdjointExplorer\n"
+            "pn.extension()\n"
+            f"v = LrpAdjointExplorer(checkpoint=[{str(CKPTS / 'sst_qoi_lag03')!r}, {str(CKPTS / 'sst_qoi_lag06')!r}], "
+            "rule='zplus')\n"
+            "v")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code),
+                                         nbformat.v4.new_code_cell("v.lag = 6\nprint(v.error == '', v.setup.lags)")])
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outs = [o for c in nb.cells for o in c.get("outputs", [])]
+    assert not [o for o in outs if o.get("output_type") == "error"]
+    mimetypes = {m for o in outs for m in o.get("data", {})}
+    assert any(re.match(r"application/vnd\.holoviews_exec\.v0\+json", m) for m in mimetypes), mimetypes
+    assert "True [3, 6]" in "".join(o.get("text", "") for o in outs)
+
+
 # ------------------------------------------------------------------------------------------------ browser
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

@@ -289,6 +289,25 @@ def test_loaded_netcdf_sensitivity(view, lim, ds, tmp_path):
     view.source = "lim"
 
 
+def test_typed_sensitivity_path_is_confined_to_allowed_roots(tmp_path):
+    from types import SimpleNamespace
+
+    from xaiscope.core.errors import PathNotAllowedError
+    from xaiscope.core.paths import AllowedRoots
+    from xaiscope.dashboard.lrp import LrpAdjointExplorer
+
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    v = LrpAdjointExplorer(checkpoint=[CKPTS / "sst_qoi_lag03"], state=SimpleNamespace(
+        allowed_roots=AllowedRoots([allowed])))
+    (tmp_path / "outside.nc").write_bytes(b"")
+    with pytest.raises(PathNotAllowedError, match="allow-root"):
+        v.load_sensitivity(tmp_path / "outside.nc")
+    with pytest.raises(PathNotAllowedError):
+        v.load_sensitivity(allowed / ".." / "outside.nc")
+    assert v.file_sensitivity is None and v.source == "lim"
+
+
 def test_selection_errors_and_snapping():
     from xaiscope.dashboard.lrp import LrpAdjointExplorer
 

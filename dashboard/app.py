@@ -41,14 +41,33 @@ APP_CSS = """
 body, .bk-root { font-family: var(--xs-font); }
 body.xs-present #sidebar, body.xs-present .sidenav, body.xs-present #sidebar-button { display: none !important; }
 body.xs-present #main { margin-left: 0 !important; }
-body.xs-present { font-size: 130%; }
+html.xs-present { font-size: 125%; }  /* rem-sized text (buttons, bootstrap) grows with it */
+body.xs-present { font-size: 130%; --bokeh-font-size: 18px; }
 body.xs-present .bk-panel-models-markup-HTML { font-size: 1.3em; }
 """
 
 PRESENT_JS = """
 document.body.classList.toggle('xs-present', cb_obj.value);
+document.documentElement.classList.toggle('xs-present', cb_obj.value);
 if (window.xsResetBokehCssCache) { window.xsResetBokehCssCache(); }
 """
+
+
+class PresentationClass(pn.reactive.ReactiveHTML):
+    """Invisible: keeps the page's ``xs-present`` class (the presentation-mode CSS) in step with ``present``,
+    from the first render on (a page opened with ``?present=true`` starts large)."""
+
+    present = param.Boolean(default=False)
+
+    _template = '<div id="xs_present" style="display:none"></div>'
+    _js = ("document.body.classList.toggle('xs-present', data.present);"
+           "document.documentElement.classList.toggle('xs-present', data.present);"
+           "if (window.xsResetBokehCssCache) { window.xsResetBokehCssCache(); }")
+    _scripts = {"render": _js, "present": _js}
+
+    def __init__(self, **params):
+        params.update(width=0, height=0, margin=0, sizing_mode="fixed")
+        super().__init__(**params)
 
 
 class AppShell(param.Parameterized):
@@ -108,9 +127,12 @@ def create_app(checkpoints: Sequence | None = None, data: Sequence | None = None
     path_w = pn.widgets.TextInput(name="Open another checkpoint (path on the server)",
                                   placeholder="/path/to/checkpoint folder or file")
     open_btn = pn.widgets.Button(name="Open checkpoint", button_type="primary")
-    present_w = pn.widgets.Toggle(name="Presentation mode", value=present0, button_type="default")
+    present_w = pn.widgets.Toggle(name="Presentation mode", value=present0, button_type="light", width=170,
+                                  margin=(5, 10))
     present_w.jscallback(value=PRESENT_JS)
     present_w.link(shell, value="presentation", bidirectional=True)
+    present_css = PresentationClass(present=present0)
+    shell.param.watch(lambda e: setattr(present_css, "present", e.new), "presentation")
     state_error = pn.pane.Alert("", alert_type="danger", visible=False)
     busy = pn.indicators.LoadingSpinner(value=False, size=24, name="", visible=False)
     pickers_md, pickers_div = pn.pane.Markdown("#### Model and data"), pn.layout.Divider()
@@ -148,14 +170,13 @@ def create_app(checkpoints: Sequence | None = None, data: Sequence | None = None
         pn.pane.Markdown("#### View"), view_w,
         pickers_md, ckpt_w, data_w, busy, state_error,
         pickers_div, path_w, open_btn,
-        pn.layout.Divider(), present_w,
         pn.pane.Markdown(
             "<small>Everything runs on this machine; the page fetches nothing from the internet. "
             "The address bar keeps the view, basin, day and selected cells: copy it to share the picture.</small>"),
     ]
     template = pn.template.BootstrapTemplate(
         title="xaiscope — inside geoscience neural networks",
-        sidebar=sidebar, main=[main], collapsed_sidebar=present0,
+        sidebar=sidebar, main=[main, present_css], collapsed_sidebar=present0, header=[present_w],
         header_background="#1a365d", sidebar_width=300, main_max_width="1600px",
         # no global busy spinner: it toggles CSS classes on every server round trip (every scrub step), which
         # makes the browser lay out the whole page again; long work shows its own progress instead

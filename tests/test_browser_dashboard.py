@@ -179,3 +179,22 @@ def test_notebook_example_executes_and_yields_panel_output(setup):
     errors = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
               if out.get("output_type") == "error"]
     assert not errors
+
+
+def test_presentation_mode_enlarges_text_and_widgets(app):
+    """One toggle (and ?present=true) hides the sidebar and makes text, widgets and plot text larger."""
+    url, _, _ = app
+    size_js = "e => parseFloat(getComputedStyle(e).fontSize)"
+    sizes = {}
+    for present in ("false", "true"):
+        with browser_page() as page:
+            page.goto(url + f"?present={present}&mode=window&date=2009-03-10")
+            _ready(page)
+            button = page.get_by_role("button", name="Select the best snow cell")
+            picker = page.locator("input.flatpickr-input").first
+            status = page.locator(".xs-status").first
+            sizes[present] = (button.evaluate(size_js), picker.evaluate(size_js), status.evaluate(size_js))
+            sidebar_visible = page.locator("#sidebar").first.is_visible()
+            assert sidebar_visible == (present == "false")
+    for normal, big in zip(sizes["false"], sizes["true"]):
+        assert big >= 1.2 * normal, sizes

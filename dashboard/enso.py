@@ -5,23 +5,35 @@ In a notebook::
     from xaiscope.dashboard.enso import EnsoExplorer
     EnsoExplorer(checkpoint="assets/checkpoints/enso_convlstm", sst=None)   # None: the shipped 5° demo data
 
-Start months are initial (last input) months. The hindcast (every start month, all leads) of a checkpoint is
-computed once per process and cached by the checkpoint's sha256 and the data; moving the scrubber only looks
-forecasts up and runs the model once for the internal state maps of that start month. Plots are HoloViews
-``DynamicMap`` objects driven by the explorer's parameters, so they update in place.
+Start months are initial (last input) months. The ConvLSTM hindcast (every start month, all leads) of a checkpoint
+is computed once per process and kept by the checkpoint's sha256 and a sha256 of the model inputs; it is also read
+from / written to a NetCDF file beside the weights (``hindcasts/``, shipped for the demo checkpoint) or in the user
+cache, so the demo opens at once. In a served app a missing hindcast is computed in a thread while the page shows
+its progress. Moving the scrubber only looks forecasts up; the internal states (h and c of every layer, channel and
+input month) of all start months are filled in by a background batch and kept as float16 on sea cells, and a start
+month that is not there yet is computed on demand in one forward pass. Plots are HoloViews ``DynamicMap`` objects
+driven by the explorer's parameters, so they update in place, each only when its own inputs change.
 
-Maps are drawn with GeoViews on the data's 5° grid in a Pacific-centred Plate Carrée frame; coastlines come from
-the shipped Natural Earth GeoJSON (cartopy's downloader is disabled: nothing is fetched at run time).
+Maps are drawn on the data's 5° grid in a selectable projection: Plate Carrée centred on the Pacific (GeoViews
+images in that frame) or Robinson, Mollweide, Equal Earth and an orthographic globe over the Pacific. For those the
+data cell under every pixel of the projected frame is found once per projection with cartopy (a look-up table,
+cached), so a map update is one gather; coastlines, the Niño 3.4 box and the globe's outline are projected once
+per projection with cartopy. Coastlines come from the shipped Natural Earth GeoJSON (cartopy's downloader
+is disabled: nothing is fetched at run time).
 """
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import io
 import json
 import logging
+import threading
 import time
-from dataclasses import dataclass
-from functools import lru_cache
+import weakref
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +67,24 @@ if hv.Store.current_backend != "bokeh" or "bokeh" not in hv.Store.renderers:
 CRS = ccrs.PlateCarree(central_longitude=180)  # plot frame: x = lon - 180, the Pacific in the middle
 DATA_CRS = ccrs.PlateCarree()
 CMAP = "RdBu_r"
+LAND_COLOR = "#d9d9d9"
 LEADS = tuple(range(1, 7))
 COLORS = {"observed": "black", "convlstm": "#d62728", "persistence": "#7f7f7f", "lim": "#1f77b4"}
+
+# URL query keys of the view's settings (``?view=enso&start=2015-11&lead=3&layer=2&channel=5&state=c&month=6``).
+URL_KEYS = {"start": "start", "lead": "lead", "layer": "layer", "channel": "channel", "state_kind": "state",
+            "input_month": "month", "projection": "projection"}
+
+# Map projections: URL key -> (label, cartopy projection). All centred on the Pacific.
+PROJECTIONS = {
+    "platecarree": ("Plate Carrée (Pacific-centred)", lambda: ccrs.PlateCarree(central_longitude=180)),
+    "robinson": ("Robinson", lambda: ccrs.Robinson(central_longitude=180)),
+    "mollweide": ("Mollweide", lambda: ccrs.Mollweide(central_longitude=180)),
+    "equalearth": ("Equal Earth", lambda: ccrs.EqualEarth(central_longitude=180)),
+    "orthographic": ("Orthographic (globe over 160°W, 0°)",
+                     lambda: ccrs.Orthographic(central_longitude=-160, central_latitude=0)),
+}
+PIXELS = 288  # width of a projected map's look-up table in pixels (4 per 5° cell at the equator)
 
 
 def default_checkpoint() -> Path:
@@ -98,7 +126,14 @@ def to_plot_frame(lines) -> list[np.ndarray]:
 @lru_cache(maxsize=2)
 def _coast_path(scale: str = "110m"):
     """Coastlines in the plot frame (shifted once, like the maps and the Niño 3.4 box)."""
-    return gv.Path(to_plot_frame(coastline_geometries(scale)), crs=CRS).opts(color="#333333", line_width=0.8)
+    return gv.Path([_nan_joined(to_plot_frame(coastline_geometries(scale)))], crs=CRS).opts(
+        color="#333333", line_width=0.8)
+
+
+def _nan_joined(lines) -> np.ndarray:
+    """Lines as one (n, 2) array with NaN rows between them (drawn as separate lines; one path is much cheaper
+    for HoloViews to handle on every update than one path per line)."""
+    return np.concatenate([np.vstack([np.asarray(line, dtype=float)[:, :2], [[np.nan, np.nan]]]) for line in lines])
 
 
 # Tick labels in real longitudes (°E/°W) although the frame's x is lon − 180.
@@ -119,8 +154,91 @@ def _nino_box():
                                                           line_dash="dashed")
 
 
+# ------------------------------------------------------------------------------------------------ projections
+@lru_cache(maxsize=None)
+def projection_crs(key: str) -> ccrs.Projection:
+    """The cartopy projection of a projection key (see ``PROJECTIONS``)."""
+    if key not in PROJECTIONS:
+        raise XaiscopeError(f"unknown map projection {key!r}; choose one of {sorted(PROJECTIONS)}.")
+    return PROJECTIONS[key][1]()
+
+
+@dataclass(frozen=True, eq=False)
+class ProjectedGrid:
+    """A projected frame's pixels and, for each, the data cell drawn there (a nearest-cell look-up table)."""
+
+    key: str
+    crs: ccrs.Projection
+    x: np.ndarray       # pixel centres, projected units, ascending
+    y: np.ndarray
+    index: np.ndarray   # (len(y), len(x)) flat (lat, lon) index of the data cell under each pixel; -1: none
+
+    def warp(self, values: np.ndarray) -> np.ndarray:
+        """A (lat, lon) field on the projected pixels (NaN where no data cell lies under a pixel)."""
+        flat = np.append(np.asarray(values, dtype=np.float32).ravel(), np.float32(np.nan))
+        return flat[self.index]
+
+    @property
+    def extent(self) -> tuple[float, float, float, float]:
+        dx, dy = self.x[1] - self.x[0], self.y[1] - self.y[0]
+        return self.x[0] - dx / 2, self.x[-1] + dx / 2, self.y[0] - dy / 2, self.y[-1] + dy / 2
+
+
+@lru_cache(maxsize=16)
+def projected_grid(key: str, lat: tuple, lon: tuple, width: int = PIXELS) -> ProjectedGrid:
+    """The look-up table of projection ``key`` for a regular lat/lon grid (cell centres ``lat``, ``lon`` in
+    degrees; longitudes may wrap). Pixels outside the projection's domain or the data's latitudes get -1; the
+    frame is cropped to the pixels that show data. Computed once per projection and grid (cached)."""
+    import shapely
+
+    crs = projection_crs(key)
+    lat, lon = np.asarray(lat, float), np.asarray(lon, float)
+    (x0, x1), (y0, y1) = crs.x_limits, crs.y_limits
+    height = max(2, int(round(width * (y1 - y0) / (x1 - x0))))
+    xs = x0 + (np.arange(width) + 0.5) * (x1 - x0) / width
+    ys = y0 + (np.arange(height) + 0.5) * (y1 - y0) / height
+    X, Y = np.meshgrid(xs, ys)
+    inside = shapely.contains_xy(crs.domain, X, Y)
+    ll = DATA_CRS.transform_points(crs, X, Y)
+    plon, plat = ll[..., 0], ll[..., 1]
+    dlat, dlon = lat[1] - lat[0], lon[1] - lon[0]
+    with np.errstate(invalid="ignore"):
+        i = np.rint((plat - lat[0]) / dlat)
+        j = np.rint(((plon - lon[0]) % 360.0) / dlon)
+        periodic = abs(len(lon) * dlon - 360.0) < 1e-6
+        j = j % len(lon) if periodic else j
+        ok = inside & np.isfinite(i) & np.isfinite(j) & (i >= 0) & (i < len(lat)) & (j >= 0) & (j < len(lon))
+    index = np.where(ok, np.nan_to_num(i) * len(lon) + np.nan_to_num(j), -1).astype(np.int64)
+    rows, cols = np.flatnonzero(ok.any(1)), np.flatnonzero(ok.any(0))
+    if not len(rows):
+        raise XaiscopeError(f"projection {key!r} shows none of the grid's cells.")
+    r, c = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+    return ProjectedGrid(key, crs, xs[c], ys[r], index[r, c])
+
+
+@lru_cache(maxsize=16)
+def projected_overlays(key: str, scale: str = "110m") -> dict:
+    """Coastlines, the Niño 3.4 box and the globe's outline projected once (plain HoloViews paths in the
+    projected frame)."""
+    crs = projection_crs(key)
+    coast = []
+    for line in coastline_geometries(scale):
+        projected = crs.project_geometry(line, DATA_CRS)  # cut at the frame's seam, clipped to the visible side
+        coast += [np.asarray(g.coords)[:, :2] for g in getattr(projected, "geoms", [projected])
+                  if not g.is_empty and len(g.coords) > 1]
+    lon = np.r_[np.linspace(-170, -120, 51), np.full(11, -120.0), np.linspace(-120, -170, 51), np.full(11, -170.0)]
+    lat = np.r_[np.full(51, -5.0), np.linspace(-5, 5, 11), np.full(51, 5.0), np.linspace(5, -5, 11)]
+    box = crs.transform_points(DATA_CRS, lon, lat)[:, :2]
+    outline = np.asarray(crs.boundary.coords)
+    return {
+        "coast": hv.Path([_nan_joined(coast)]).opts(color="#333333", line_width=0.8),
+        "box": hv.Path([box]).opts(color="black", line_width=1.5, line_dash="dashed"),
+        "outline": hv.Path([outline]).opts(color="#777777", line_width=1),
+    }
+
+
 # ------------------------------------------------------------------------------------------------ hindcast
-@dataclass
+@dataclass(eq=False)
 class EnsoHindcast:
     """Everything the view shows that does not depend on the selection (computed once per checkpoint + data)."""
 
@@ -137,18 +255,50 @@ class EnsoHindcast:
     lim: xr.DataArray           # (time, lead)
     skill: pd.DataFrame         # rows (model, lead): r, rmse, n on the test years
     seconds: float
+    source: str = "computed"    # "computed" or the hindcast file it was read from
+    _store: object = field(default=None, repr=False)
+    _lock: object = field(default_factory=threading.Lock, repr=False)
 
-    @property
+    @cached_property
     def sea(self) -> np.ndarray:
         return self.ds["land_mask"].values == 0
 
+    @cached_property
+    def months(self) -> list[str]:
+        return [f"{t:%Y-%m}" for t in self.init]
+
+    @cached_property
+    def month_index(self) -> dict[str, int]:
+        return {m: i for i, m in enumerate(self.months)}
+
+    @cached_property
+    def sst(self) -> np.ndarray:
+        """SST anomalies (time, lat, lon) as a float32 array (NaN on land)."""
+        return np.asarray(self.ds["sst_anomaly"].values, dtype=np.float32)
+
+    @cached_property
+    def time_index(self) -> dict:
+        return {pd.Timestamp(t): k for k, t in enumerate(self.ds.time.values)}
+
+    @property
+    def states(self) -> "StateStore":
+        """The internal-state store of this hindcast (created on first use, shared by every view on it)."""
+        with self._lock:
+            if self._store is None:
+                self._store = StateStore(self)
+            return self._store
+
 
 _CACHE: dict[tuple, EnsoHindcast] = {}
+_BACKGROUND: "weakref.WeakSet[StateStore]" = weakref.WeakSet()
 
 
-def _data_key(ds: xr.Dataset) -> str:
-    t = ds["time"].values
-    return f"{ds.attrs.get('files', '')}:{t[0]}:{t[-1]}:{ds.sizes.get('lat')}x{ds.sizes.get('lon')}:{id(ds)}"
+@atexit.register
+def _stop_background() -> None:
+    for store in list(_BACKGROUND):
+        store.stop()
+_CACHE_LOCK = threading.Lock()
+_KEY_LOCKS: dict[tuple, threading.Lock] = {}
 
 
 def model_inputs(ckpt, ds: xr.Dataset) -> np.ndarray:
@@ -167,49 +317,273 @@ def model_inputs(ckpt, ds: xr.Dataset) -> np.ndarray:
     return np.stack([ds[v].values / m["normalisation"][v]["std"] for v in m["inputs"]], 1).astype(np.float32)
 
 
-def compute_hindcast(ckpt, ds: xr.Dataset, first_start=None) -> EnsoHindcast:
-    """ConvLSTM hindcast for every start month from ``first_start`` (default: the checkpoint's validation
-    start, i.e. out-of-sample months only) plus persistence and LIM for every month; cached."""
-    from xaiscope.core.lim import fit_lim, lead_skill, persistence_forecast
+def data_key(ckpt, ds: xr.Dataset, x_all: np.ndarray | None = None) -> str:
+    """sha256 of what a hindcast depends on besides the weights: the normalised inputs, their months, the land
+    mask and the window."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(model_inputs(ckpt, ds) if x_all is None else x_all).tobytes())
+    h.update(np.asarray(ds.time.values, dtype="datetime64[ns]").tobytes())
+    h.update(np.ascontiguousarray(ds["land_mask"].values.astype(np.int8)).tobytes())
+    h.update(str(int(ckpt.manifest["window"])).encode())
+    return h.hexdigest()
+
+
+def hindcast_files(ckpt, key: str) -> list[Path]:
+    """Places a stored ConvLSTM hindcast may lie: beside the weights (shipped) and in the user cache."""
+    from xaiscope.core.hydro import cache_dir
+
+    name = f"{ckpt.sha256[:16]}_{key[:16]}.nc"
+    places = []
+    weights = (getattr(ckpt, "extra", None) or {}).get("weights_path")
+    if weights is not None:
+        places.append(Path(weights).parent / "hindcasts" / name)
+    places.append(cache_dir() / "enso_hindcasts" / name)
+    return places
+
+
+def _read_hindcast_file(ckpt, key: str, init: pd.DatetimeIndex):
+    """(map, nino34, phase_logits, path) of the start months ``init`` from a stored hindcast, or None."""
+    for f in hindcast_files(ckpt, key):
+        if not f.exists():
+            continue
+        try:
+            with xr.open_dataset(f) as hf:
+                if hf.attrs.get("checkpoint_sha256") != ckpt.sha256 or hf.attrs.get("data_key") != key:
+                    continue
+                have = pd.DatetimeIndex(hf.time.values)
+                if not init.isin(have).all():
+                    continue
+                sel = hf.sel(time=init)
+                return (sel["map"].values.astype(np.float32), sel["nino34"].values.astype(np.float32),
+                        sel["phase_logits"].values.astype(np.float32), f)
+        except (OSError, ValueError, KeyError):
+            continue  # a damaged file is recomputed, never trusted
+    return None
+
+
+def _write_hindcast_file(ckpt, key: str, init, out: dict, path: Path) -> Path:
+    leads = np.arange(1, out["map"].shape[1] + 1)
+    hf = xr.Dataset(
+        {"map": (("time", "lead", "lat", "lon"), out["map"].astype(np.float32),
+                 {"long_name": "ConvLSTM SST anomaly forecast (normalised model output, 0 on land)"}),
+         "nino34": (("time", "lead"), out["nino34"].astype(np.float32), {"units": "degC"}),
+         "phase_logits": (("time", "lead", "phase"), out["phase_logits"].astype(np.float32))},
+        coords={"time": pd.DatetimeIndex(init), "lead": leads, "phase": ["la_nina", "neutral", "el_nino"]},
+        attrs={"checkpoint_sha256": ckpt.sha256, "data_key": key, "created_by": "xaiscope ENSO view",
+               "description": "ConvLSTM hindcast: one forecast per start (initial) month"})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    enc = {v: {"zlib": True, "complevel": 4, "shuffle": True} for v in hf.data_vars}
+    hf.to_netcdf(tmp, encoding=enc)
+    tmp.replace(path)
+    return path
+
+
+def _forecast(ckpt, x_all, rows, window, progress=None, batch=16) -> dict:
+    import torch
+
     from xaiscope.core.train_enso import predict
+
+    outs = []
+    for s in range(0, len(rows), batch):
+        x = np.stack([x_all[t - window + 1:t + 1] for t in rows[s:s + batch]])
+        with torch.inference_mode():
+            outs.append(predict(ckpt.model, x, batch_size=batch))
+        if progress is not None:
+            progress(min(len(rows), s + batch) / len(rows))
+    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+
+def save_hindcast(ckpt, ds: xr.Dataset, directory: str | Path | None = None, first_start=None) -> Path:
+    """Compute the ConvLSTM hindcast from ``first_start`` (default: the validation start) and store it (default:
+    beside the weights in ``hindcasts/``, as shipped for the demo checkpoint; or in ``directory``)."""
+    m = ckpt.manifest
+    x_all = model_inputs(ckpt, ds)
+    key = data_key(ckpt, ds, x_all)
+    times = pd.DatetimeIndex(ds.time.values)
+    rows = _start_rows(times, int(m["window"]), first_start or m.get("val_period", [None])[0])
+    out = _forecast(ckpt, x_all, rows, int(m["window"]))
+    path = hindcast_files(ckpt, key)[0]
+    if directory is not None:
+        path = Path(directory) / path.name
+    return _write_hindcast_file(ckpt, key, times[rows], out, path)
+
+
+def _start_rows(times: pd.DatetimeIndex, window: int, first_start) -> np.ndarray:
+    lo = pd.Timestamp(first_start) if first_start else times[0]
+    rows = np.array([t for t in range(window - 1, len(times)) if times[t] >= lo], dtype=int)
+    if not len(rows):
+        raise XaiscopeError(f"no start month with {window} input months from {first_start}; data span "
+                            f"{times[0]:%Y-%m}..{times[-1]:%Y-%m}.")
+    return rows
+
+
+def hindcast_ready(ckpt, ds: xr.Dataset, first_start=None) -> bool:
+    """True when :func:`compute_hindcast` needs no model run: in this process already, or a stored file."""
+    m = ckpt.manifest
+    first_start = first_start or m.get("val_period", [None])[0]
+    dkey = data_key(ckpt, ds)
+    if (ckpt.sha256, dkey, str(first_start), True) in _CACHE:
+        return True
+    return any(f.exists() for f in hindcast_files(ckpt, dkey))
+
+
+def compute_hindcast(ckpt, ds: xr.Dataset, first_start=None, progress=None, use_files: bool = True) -> EnsoHindcast:
+    """ConvLSTM hindcast for every start month from ``first_start`` (default: the checkpoint's validation
+    start, i.e. out-of-sample months only) plus persistence and LIM for every month; cached in the process.
+
+    The ConvLSTM part is read from a stored hindcast of the same checkpoint (sha256) and inputs
+    (:func:`data_key`) when there is one (``use_files``), else computed and stored in the user cache.
+    ``progress(fraction, message)`` is called as the work goes on."""
+    from xaiscope.core.lim import fit_lim, lead_skill, persistence_forecast
     from xaiscope.data.sst import nino34
 
     m = ckpt.manifest
     first_start = first_start or m.get("val_period", [None])[0]
-    key = (ckpt.sha256, _data_key(ds), str(first_start))
-    if key in _CACHE:
-        return _CACHE[key]
-    t0 = time.perf_counter()
+    report = progress or (lambda *_: None)
     x_all = model_inputs(ckpt, ds)
-    window, n_leads = int(m["window"]), int(m["n_leads"])
-    times = pd.DatetimeIndex(ds.time.values)
-    lo = pd.Timestamp(first_start) if first_start else times[0]
-    rows = np.array([t for t in range(window - 1, len(times)) if times[t] >= lo])
-    if not len(rows):
-        raise XaiscopeError(f"no start month with {window} input months from {first_start}; data span "
-                            f"{times[0]:%Y-%m}..{times[-1]:%Y-%m}.")
-    x = np.stack([x_all[t - window + 1:t + 1] for t in rows])
-    out = predict(ckpt.model, x)
-    sea = ds["land_mask"].values == 0
-    maps = np.where(sea, out["map"], np.nan).astype(np.float32)
-    observed = nino34(ds["sst_anomaly"])
-    leads = list(range(1, n_leads + 1))
-    pers = persistence_forecast(observed, leads)
-    lim = fit_lim(ds["sst_anomaly"], ds["land_mask"], n_modes=int(m.get("train_config", {}).get("lim_modes", 20)),
-                  period=tuple(m["train_period"]))
-    lim_fc = lim.forecast_index(ds["sst_anomaly"], leads)
-    conv = xr.DataArray(out["nino34"], dims=("time", "lead"), coords={"time": times[rows], "lead": leads})
-    test = m.get("test_period", [None, None])
-    frames = []
-    for name, fc in (("convlstm", conv), ("persistence", pers), ("lim", lim_fc)):
-        df = lead_skill(fc.sel(time=times[rows]) if name != "convlstm" else fc, observed, test[0],
-                        pd.Timestamp(test[1]) + pd.offsets.MonthEnd(0) if test[1] else None)
-        frames.append(df.assign(model=name).reset_index())
-    skill = pd.concat(frames).set_index(["model", "lead"])
-    hc = EnsoHindcast(ckpt, ds, x_all, times[rows], rows, maps, out["nino34"], out["phase_logits"].argmax(-1),
-                      observed, pers, lim_fc, skill, time.perf_counter() - t0)
-    _CACHE[key] = hc
-    return hc
+    dkey = data_key(ckpt, ds, x_all)
+    key = (ckpt.sha256, dkey, str(first_start), use_files)
+    with _CACHE_LOCK:
+        lock = _KEY_LOCKS.setdefault(key, threading.Lock())
+    with lock:  # one computation per key, however many sessions ask at once
+        if key in _CACHE:
+            return _CACHE[key]
+        t0 = time.perf_counter()
+        window, n_leads = int(m["window"]), int(m["n_leads"])
+        times = pd.DatetimeIndex(ds.time.values)
+        rows = _start_rows(times, window, first_start)
+        stored = _read_hindcast_file(ckpt, dkey, times[rows]) if use_files else None
+        if stored is not None:
+            out = dict(zip(("map", "nino34", "phase_logits"), stored[:3]))
+            source = str(stored[3])
+            report(0.8, "read the stored ConvLSTM hindcast")
+        else:
+            report(0.0, f"ConvLSTM hindcast of {len(rows)} start months")
+            out = _forecast(ckpt, x_all, rows, window,
+                            lambda f: report(0.85 * f, f"ConvLSTM hindcast: {int(round(f * len(rows)))} of "
+                                                       f"{len(rows)} start months"))
+            source = "computed"
+            if use_files:
+                try:
+                    _write_hindcast_file(ckpt, dkey, times[rows], out, hindcast_files(ckpt, dkey)[-1])
+                except OSError as err:  # a read-only cache only costs the next start its time
+                    log.warning("ENSO hindcast not stored: %s", err)
+        report(0.85, "persistence and linear inverse model")
+        sea = ds["land_mask"].values == 0
+        maps = np.where(sea, out["map"], np.nan).astype(np.float32)
+        observed = nino34(ds["sst_anomaly"])
+        leads = list(range(1, n_leads + 1))
+        pers = persistence_forecast(observed, leads)
+        lim = fit_lim(ds["sst_anomaly"], ds["land_mask"],
+                      n_modes=int(m.get("train_config", {}).get("lim_modes", 20)), period=tuple(m["train_period"]))
+        lim_fc = lim.forecast_index(ds["sst_anomaly"], leads)
+        conv = xr.DataArray(out["nino34"], dims=("time", "lead"), coords={"time": times[rows], "lead": leads})
+        test = m.get("test_period", [None, None])
+        frames = []
+        for name, fc in (("convlstm", conv), ("persistence", pers), ("lim", lim_fc)):
+            df = lead_skill(fc.sel(time=times[rows]) if name != "convlstm" else fc, observed, test[0],
+                            pd.Timestamp(test[1]) + pd.offsets.MonthEnd(0) if test[1] else None)
+            frames.append(df.assign(model=name).reset_index())
+        skill = pd.concat(frames).set_index(["model", "lead"])
+        hc = EnsoHindcast(ckpt, ds, x_all, times[rows], rows, maps, out["nino34"], out["phase_logits"].argmax(-1),
+                          observed, pers, lim_fc, skill, time.perf_counter() - t0, source)
+        _CACHE[key] = hc
+        report(1.0, "ready")
+        return hc
+
+
+# ------------------------------------------------------------------------------------------------ states
+class StateStore:
+    """h and c of every layer, channel and input month for every start month of a hindcast, float16 on sea cells
+    (``(N, 2, months, channels, sea cells)``; about 1.9 MB per start month for the demo model). A start month is
+    computed on first use (one forward pass) or by :meth:`start_background`, which fills the rest in batches."""
+
+    def __init__(self, hc: EnsoHindcast, batch: int = 8):
+        model = hc.ckpt.model
+        self.hc, self.batch = hc, batch
+        self.window = int(hc.ckpt.manifest["window"])
+        self.hidden = [int(h) for h in model.hidden]
+        self.offsets = np.r_[0, np.cumsum(self.hidden)]
+        self.sea = hc.sea
+        self.n_sea = int(self.sea.sum())
+        self.data = np.zeros((len(hc.rows), 2, self.window, int(self.offsets[-1]), self.n_sea), np.float16)
+        self.done = np.zeros(len(hc.rows), bool)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.seconds_background: float | None = None
+
+    def compute(self, idx) -> None:
+        """Run the model for the start months ``idx`` (positions in the hindcast) in one batch, keep h and c."""
+        import torch
+
+        idx = np.atleast_1d(np.asarray(idx, dtype=int))
+        w, rows = self.window, self.hc.rows
+        x = torch.as_tensor(np.stack([self.hc.x_all[r - w + 1:r + 1] for r in rows[idx]]))
+        model = self.hc.ckpt.model
+        p = next(model.parameters())
+        with torch.inference_mode():
+            _, states = model.run(x.to(device=p.device, dtype=p.dtype), keep_states=True)
+        block = np.empty((len(idx), 2, w, int(self.offsets[-1]), self.n_sea), np.float16)
+        for layer, (h, c) in enumerate(states):  # (B, T, C_l, lat, lon)
+            sl = slice(self.offsets[layer], self.offsets[layer + 1])
+            block[:, 0, :, sl] = h.float().cpu().numpy()[..., self.sea]
+            block[:, 1, :, sl] = c.float().cpu().numpy()[..., self.sea]
+        with self._lock:
+            self.data[idx] = block
+            self.done[idx] = True
+
+    def ensure(self, i: int) -> None:
+        if not self.done[i]:
+            self.compute([i])
+
+    def state_map(self, i: int, kind: str, month: int, layer: int, channel: int) -> np.ndarray:
+        """(lat, lon) float32 map of state ``kind`` ('h' or 'c') of ``layer``/``channel`` at input month
+        ``month`` (1..window) for start month ``i``; NaN on land."""
+        if not 0 <= channel < self.hidden[layer]:
+            raise XaiscopeError(f"layer {layer} has {self.hidden[layer]} channels; channel {channel} is out of range.")
+        self.ensure(i)
+        out = np.full(self.sea.shape, np.nan, np.float32)
+        out[self.sea] = self.data[i, ("h", "c").index(kind), month - 1, self.offsets[layer] + channel]
+        return out
+
+    def fill(self, first: int = 0) -> None:
+        """Compute every missing start month, nearest to ``first`` first, in batches."""
+        t0 = time.perf_counter()
+        order = np.argsort(np.abs(np.arange(len(self.done)) - first), kind="stable")
+        todo = [int(i) for i in order if not self.done[i]]
+        for s in range(0, len(todo), self.batch):
+            if self._stop.is_set():
+                return
+            chunk = [i for i in todo[s:s + self.batch] if not self.done[i]]
+            if chunk:
+                self.compute(chunk)
+        self.seconds_background = time.perf_counter() - t0
+
+    def start_background(self, first: int = 0) -> threading.Thread:
+        """Fill the store in a daemon thread (once); returns the thread."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._fill_logged, args=(first,), daemon=True,
+                                                name="xaiscope-enso-states")
+                _BACKGROUND.add(self)
+                self._thread.start()
+            return self._thread
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop a background fill after its current batch (torch must not be running when Python exits)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _fill_logged(self, first):
+        try:
+            self.fill(first)
+            log.info("ENSO view: internal states of %d start months computed in %.1f s", len(self.done),
+                     self.seconds_background)
+        except Exception:  # noqa: BLE001 - a failed background fill only costs on-demand computation
+            log.error("ENSO view: background state computation failed", exc_info=True)
 
 
 # ------------------------------------------------------------------------------------------------ the view
@@ -222,7 +596,13 @@ class EnsoExplorer(pn.viewable.Viewer):
     sst : ``xr.Dataset`` on the checkpoint's grid with its inputs and ``land_mask`` (default: ``demo_sst()``).
     first_start : first start month of the ConvLSTM hindcast (default: the checkpoint's validation start).
     state : the app's shared state (accepted for the registry; the ENSO view keeps its own checkpoint).
+    background : compute a missing hindcast in a thread while the page shows progress (default: only in a
+        served app session; elsewhere the constructor computes it).
+    precompute_states : fill the internal states of all start months in a background thread.
     """
+
+    # the app's checkpoint and basin pickers are for the hydrology views: hidden while this view is shown
+    uses_sidebar_pickers = False
 
     start = param.String(default="", doc="start (initial, last input) month, YYYY-MM")
     lead = param.Integer(default=3, bounds=(1, 6), doc="forecast lead in months")
@@ -230,14 +610,24 @@ class EnsoExplorer(pn.viewable.Viewer):
     channel = param.Integer(default=0, bounds=(0, None), doc="channel of the state map")
     state_kind = param.Selector(default="h", objects=["h", "c"], doc="hidden (h) or cell (c) state")
     input_month = param.Integer(default=6, bounds=(1, 6), doc="input month of the state map (6 = start month)")
+    projection = param.Selector(default="platecarree", objects=list(PROJECTIONS), doc="map projection")
     error = param.String(default="", doc="last error shown to the user")
 
-    def __init__(self, checkpoint=None, sst: xr.Dataset | None = None, first_start=None, state=None, **params):
+    def __init__(self, checkpoint=None, sst: xr.Dataset | None = None, first_start=None, state=None,
+                 background: bool | None = None, precompute_states: bool = True, **params):
         super().__init__(**params)
         self.timings: dict[str, float] = {}
-        self._states_cache: dict[str, xr.Dataset] = {}
         self._alert = pn.pane.Alert("", alert_type="danger", visible=False)
+        self._progress = pn.indicators.Progress(value=-1, max=100, width=420, bar_color="primary")
+        self._progress_md = pn.pane.Markdown("Preparing the ENSO view …")
         self.hc: EnsoHindcast | None = None
+        self._root = None
+        self._layout = None
+        self._thread: threading.Thread | None = None
+        self._precompute = precompute_states
+        self._doc = pn.state.curdoc
+        self._clim_key, self._clim = None, 1.0
+        self._maps_cache: dict[str, tuple] = {}
         try:
             from xaiscope.core import convlstm  # noqa: F401 - registers the model kind
             from xaiscope.core.checkpoint import Checkpoint, load_checkpoint
@@ -248,30 +638,87 @@ class EnsoExplorer(pn.viewable.Viewer):
             if ckpt.manifest.get("kind") != "enso_convlstm":
                 raise XaiscopeError(f"checkpoint {ckpt.path} is a {ckpt.manifest.get('kind')!r} model; the ENSO "
                                     "view needs an 'enso_convlstm' checkpoint (xaiscope train enso).")
-            self.hc = compute_hindcast(ckpt, sst if sst is not None else demo_sst(), first_start)
+            ds = sst if sst is not None else demo_sst()
+            if background is None:
+                background = bool(pn.state.curdoc is not None and pn.state.curdoc.session_context is not None)
+            if background and not hindcast_ready(ckpt, ds, first_start):
+                self._thread = threading.Thread(target=self._prepare_in_thread, args=(ckpt, ds, first_start),
+                                                daemon=True, name="xaiscope-enso-hindcast")
+                self._thread.start()
+                return
+            self._set_hindcast(compute_hindcast(ckpt, ds, first_start))
         except Exception as err:  # noqa: BLE001 - shown to the user, app keeps running
-            from xaiscope.dashboard.state import describe_error
+            self._fail(err)
 
-            log.error("ENSO view: cannot prepare", exc_info=True)
-            self._show_error(f"Cannot prepare the ENSO view: {describe_error(err)}")
+    # ------------------------------------------------------------------------------ preparation
+    def _fail(self, err) -> None:
+        from xaiscope.dashboard.state import describe_error
+
+        log.error("ENSO view: cannot prepare", exc_info=err)
+        self._show_error(f"Cannot prepare the ENSO view: {describe_error(err)}")
+
+    def _on_doc(self, fn) -> None:
+        """Run ``fn`` where the page's models may be changed: on the session's event loop when served."""
+        doc = self._doc
+        if doc is not None and doc.session_context is not None:
+            def locked():
+                from panel.io.state import set_curdoc
+
+                with set_curdoc(doc):
+                    fn()
+            doc.add_next_tick_callback(locked)
+        else:
+            fn()
+
+    def _prepare_in_thread(self, ckpt, ds, first_start) -> None:
+        def progress(fraction, message):
+            self._on_doc(lambda: (self._progress.param.update(value=int(round(100 * fraction))),
+                                  self._progress_md.param.update(object=f"Computing the ConvLSTM hindcast "
+                                                                        f"(once per server): {message} …")))
+        try:
+            hc = compute_hindcast(ckpt, ds, first_start, progress=progress)
+        except Exception as err:  # noqa: BLE001
+            self._on_doc(lambda: (self._fail(err), self._show_root()))
             return
-        m = self.hc.ckpt.manifest
+        self._on_doc(lambda: (self._set_hindcast(hc), self._show_root()))
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait for a hindcast computed in the background (no-op otherwise); True when the view is ready."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.hc is not None
+
+    def _set_hindcast(self, hc: EnsoHindcast) -> None:
+        self.hc = hc
+        m = hc.ckpt.manifest
         self.param.lead.bounds = (1, int(m["n_leads"]))
         self.param.input_month.bounds = (1, int(m["window"]))
         self.param.layer.bounds = (0, len(m["config"]["hidden"]) - 1)
         self.param.channel.bounds = (0, max(m["config"]["hidden"]) - 1)
-        if self.input_month > m["window"]:
-            self.input_month = int(m["window"])
-        if self.start not in self.months:
+        with param.parameterized.discard_events(self):
+            self.lead = min(max(self.lead, 1), int(m["n_leads"]))
+            self.input_month = min(max(self.input_month, 1), int(m["window"]))
+            self.layer = min(max(self.layer, 0), len(m["config"]["hidden"]) - 1)
+        if self.start not in hc.month_index:
             self.start = self._default_start()
+        self._clamp_channel()
         self.param.watch(self._clamp_channel, ["layer"])
         self.param.watch(self._check_start, ["start"])
-        self._layout = None
+        if self._precompute:
+            hc.states.start_background(self.index)
+
+    def _show_root(self) -> None:
+        if self._root is None:
+            return
+        if self.hc is None:
+            self._root.objects = [self._alert]
+        else:
+            self._root.objects = [self._alert, self._get_layout()]
 
     # ------------------------------------------------------------------------------ selection logic
     @property
     def months(self) -> list[str]:
-        return [f"{t:%Y-%m}" for t in self.hc.init] if self.hc else []
+        return self.hc.months if self.hc else []
 
     def _default_start(self) -> str:
         months = self.months
@@ -283,11 +730,11 @@ class EnsoExplorer(pn.viewable.Viewer):
         return f"{obs.idxmax():%Y-%m}" if obs.notna().any() else months[-1]
 
     def _check_start(self, event):
-        if self.hc is not None and event.new not in self.months:
+        if self.hc is not None and event.new not in self.hc.month_index:
             self._show_error(f"start month {event.new!r} is not in the hindcast "
                              f"({self.months[0]}..{self.months[-1]}); pick one with the scrubber.")
             message = self.error
-            self.start = event.old if event.old in self.months else self._default_start()
+            self.start = event.old if event.old in self.hc.month_index else self._default_start()
             self._show_error(message)
         elif self.hc is not None and self.error.startswith("start month"):
             self._show_error("")
@@ -303,8 +750,8 @@ class EnsoExplorer(pn.viewable.Viewer):
 
     @property
     def index(self) -> int:
-        months = self.months
-        return months.index(self.start) if self.start in months else months.index(self._default_start())
+        i = self.hc.month_index.get(self.start)
+        return i if i is not None else self.hc.month_index[self._default_start()]
 
     def set_start(self, value) -> None:
         """Move to the start month nearest to ``value`` (a date, datetime64, ms since epoch or 'YYYY-MM')."""
@@ -319,7 +766,29 @@ class EnsoExplorer(pn.viewable.Viewer):
         self.error = message
         self._alert.param.update(object=message or " ", visible=bool(message))
 
-    # ------------------------------------------------------------------------------ data of the plots
+    # ------------------------------------------------------------------------------ data of the plots (arrays)
+    def _input_values(self) -> tuple[np.ndarray, pd.DatetimeIndex]:
+        """SST anomalies of the input months as an array (time, lat, lon) and their months."""
+        i = self.hc.rows[self.index]
+        w = int(self.hc.ckpt.manifest["window"])
+        return self.hc.sst[i - w + 1:i + 1], pd.DatetimeIndex(self.hc.ds.time.values[i - w + 1:i + 1])
+
+    def _forecast_values(self) -> np.ndarray:
+        return self.hc.maps[self.index, self.lead - 1]
+
+    def _observed_values(self) -> np.ndarray | None:
+        k = self.hc.time_index.get(self.verify_month())
+        return None if k is None else self.hc.sst[k]
+
+    def _error_values(self) -> np.ndarray:
+        ob = self._observed_values()
+        fc = self._forecast_values()
+        return fc - ob if ob is not None else np.full_like(fc, np.nan)
+
+    def _state_values(self) -> np.ndarray:
+        return self.hc.states.state_map(self.index, self.state_kind, self.input_month, self.layer, self.channel)
+
+    # ------------------------------------------------------------------------------ data as DataArrays
     def _da(self, values, name, long_name, units="degC") -> xr.DataArray:
         ds = self.hc.ds
         return xr.DataArray(np.asarray(values, dtype=np.float32), dims=("lat", "lon"),
@@ -336,18 +805,17 @@ class EnsoExplorer(pn.viewable.Viewer):
         return self.hc.init[self.index] + pd.DateOffset(months=self.lead)
 
     def forecast_map(self) -> xr.DataArray:
-        return self._da(self.hc.maps[self.index, self.lead - 1], "forecast",
-                        f"ConvLSTM SST anomaly forecast, lead {self.lead}")
+        return self._da(self._forecast_values(), "forecast", f"ConvLSTM SST anomaly forecast, lead {self.lead}")
 
     def observed_map(self) -> xr.DataArray:
         t = self.verify_month()
-        if t not in pd.DatetimeIndex(self.hc.ds.time.values):
+        ob = self._observed_values()
+        if ob is None:
             return self._da(np.full(self.hc.maps.shape[2:], np.nan), "observed", f"observed {t:%Y-%m} (no data)")
-        return self._da(self.hc.ds["sst_anomaly"].sel(time=t).values, "observed", f"observed SST anomaly {t:%Y-%m}")
+        return self._da(ob, "observed", f"observed SST anomaly {t:%Y-%m}")
 
     def error_map(self) -> xr.DataArray:
-        return self._da(self.forecast_map().values - self.observed_map().values, "error",
-                        "forecast − observed")
+        return self._da(self._error_values(), "error", "forecast − observed")
 
     def forecast_nino(self) -> pd.DataFrame:
         """The Niño 3.4 forecast of the selected start month by lead: ConvLSTM, persistence, LIM, observed."""
@@ -377,65 +845,111 @@ class EnsoExplorer(pn.viewable.Viewer):
         return df.loc[lo:hi]
 
     def states(self) -> xr.Dataset:
-        """ConvLSTM h and c (time, layer, channel, lat, lon) of the selected start month (cached per month)."""
-        if self.start not in self._states_cache:
-            from xaiscope.core.convlstm import convlstm_states
-
-            t0 = time.perf_counter()
-            i = self.hc.rows[self.index]
-            w = int(self.hc.ckpt.manifest["window"])
-            ds = self.hc.ds
-            self._states_cache[self.start] = convlstm_states(
-                self.hc.ckpt.model, self.hc.x_all[i - w + 1:i + 1], time=ds.time.values[i - w + 1:i + 1],
-                lat=ds.lat.values, lon=ds.lon.values, land_mask=ds["land_mask"])
-            self.timings["states_s"] = time.perf_counter() - t0
-            if len(self._states_cache) > 24:
-                self._states_cache.pop(next(iter(self._states_cache)))
-        return self._states_cache[self.start]
+        """ConvLSTM h and c (time, layer, channel, lat, lon) of the selected start month, NaN on land and beyond
+        a layer's channels (from the state store: float16 precision)."""
+        st = self.hc.states
+        i = self.index
+        st.ensure(i)
+        w, width = st.window, max(st.hidden)
+        arr = np.full((2, w, len(st.hidden), width) + st.sea.shape, np.nan, np.float32)
+        for layer, n in enumerate(st.hidden):
+            block = st.data[i, :, :, st.offsets[layer]:st.offsets[layer] + n].astype(np.float32)
+            arr[:, :, layer, :n][..., st.sea] = block
+        r = self.hc.rows[i]
+        ds = self.hc.ds
+        coords = {"time": ds.time.values[r - w + 1:r + 1], "layer": np.arange(len(st.hidden)),
+                  "channel": np.arange(width), "lat": ds.lat.values, "lon": ds.lon.values}
+        dims = ("time", "layer", "channel", "lat", "lon")
+        return xr.Dataset({"h": (dims, arr[0]), "c": (dims, arr[1])}, coords=coords)
 
     def state_map(self) -> xr.DataArray:
-        st = self.states()[self.state_kind].isel(time=self.input_month - 1).sel(layer=self.layer,
-                                                                                channel=self.channel)
-        return self._da(np.where(self.hc.sea, st.values, np.nan), f"{self.state_kind}_state",
-                        f"ConvLSTM {self.state_kind} layer {self.layer} channel {self.channel}, input month "
-                        f"{self.input_month} ({pd.Timestamp(st.time.values):%Y-%m})", units="1")
+        i = self.hc.rows[self.index]
+        t = pd.Timestamp(self.hc.ds.time.values[i - int(self.hc.ckpt.manifest["window"]) + self.input_month])
+        return self._da(self._state_values(), f"{self.state_kind}_state", self._state_title(t), units="1")
+
+    def _state_title(self, t: pd.Timestamp) -> str:
+        return (f"ConvLSTM {self.state_kind} layer {self.layer} channel {self.channel}, input month "
+                f"{self.input_month} ({t:%Y-%m})")
 
     def skill_frame(self) -> pd.DataFrame:
         return self.hc.skill.reset_index()
 
     # ------------------------------------------------------------------------------ elements
-    @staticmethod
-    def _image(da: xr.DataArray, title: str, clim: float | None = None) -> gv.Image:
-        v = da.values
+    def _map_element(self, values: np.ndarray, title: str, clim: float | None = None, name: str = "value",
+                     projection: str | None = None):
+        """A map of a (lat, lon) field in the selected projection: a GeoViews image in the Pacific-centred Plate
+        Carrée frame, or an image on the projected frame's pixels (look-up table, see :func:`projected_grid`)."""
+        v = np.asarray(values, dtype=np.float32)
         c = clim or float(np.nanmax(np.abs(v))) if np.isfinite(v).any() else 1.0
         c = c if c and np.isfinite(c) and c > 0 else 1.0
-        img = gv.Image((da.lon.values - 180.0, da.lat.values, v), kdims=["lon", "lat"], vdims=[da.name or "value"],
-                       crs=CRS)
-        return img.opts(cmap=CMAP, clim=(-c, c), colorbar=True, title=title, tools=["hover"],
-                        clipping_colors={"NaN": "#d9d9d9"})
+        key = projection or self.projection
+        ds = self.hc.ds
+        opts = dict(cmap=CMAP, clim=(-c, c), colorbar=True, title=title, tools=["hover"])
+        if key == "platecarree":
+            x0, x1, y0, y1 = self._pc_extent
+            img = gv.Image(v[::-1] if self._lat_ascending else v, bounds=(x0, y0, x1, y1), kdims=["lon", "lat"],
+                           vdims=[name], crs=CRS)
+            return img.opts(clipping_colors={"NaN": LAND_COLOR}, **opts)
+        g = self._grid(key)
+        x0, x1, y0, y1 = g.extent
+        img = hv.Image(g.warp(v)[::-1], bounds=(x0, y0, x1, y1), kdims=["x", "y"], vdims=[name])
+        return img.opts(clipping_colors={"NaN": "transparent"}, **opts)
+
+    @cached_property
+    def _lat_ascending(self) -> bool:
+        return bool(self.hc.ds.lat.values[-1] > self.hc.ds.lat.values[0])
+
+    @cached_property
+    def _pc_extent(self) -> tuple:
+        """Edges of the grid in the Pacific-centred frame (x = lon − 180)."""
+        lat, lon = self.hc.ds.lat.values, self.hc.ds.lon.values
+        dx, dy = abs(lon[1] - lon[0]), abs(lat[1] - lat[0])
+        return (lon.min() - 180 - dx / 2, lon.max() - 180 + dx / 2, lat.min() - dy / 2, lat.max() + dy / 2)
+
+    def _grid(self, key: str | None = None) -> ProjectedGrid:
+        ds = self.hc.ds
+        return projected_grid(key or self.projection, tuple(ds.lat.values.tolist()), tuple(ds.lon.values.tolist()))
+
+    def _image(self, da: xr.DataArray, title: str, clim: float | None = None):
+        return self._map_element(da.values, title, clim, da.name or "value")
 
     def _map_clim(self) -> float:
-        v = np.abs(self.input_maps().values)
-        return float(np.nanpercentile(v, 99.5)) if np.isfinite(v).any() else 1.0
+        key = (self.hc.ckpt.sha256, self.start)
+        if key != self._clim_key:
+            v = np.abs(self._input_values()[0])
+            self._clim = float(np.nanpercentile(v, 99.5)) if np.isfinite(v).any() else 1.0
+            self._clim_key = key
+        return self._clim
 
-    def input_element(self, k: int, **_) -> gv.Image:
-        da = self.input_maps().isel(time=k)
-        return self._image(da.rename("sst_anomaly"), f"input {k + 1}: {pd.Timestamp(da.time.values):%Y-%m}",
-                           self._map_clim())
+    # Each map element is drawn in the given projection (default: the selected one); a DynamicMap keeps the
+    # projection it was built for.
+    def input_element(self, k: int, projection: str | None = None, **_):
+        vals, times = self._input_values()
+        return self._map_element(vals[k], f"input {k + 1}: {times[k]:%Y-%m}", self._map_clim(), "sst_anomaly",
+                                 projection)
 
-    def forecast_element(self, **_) -> gv.Image:
-        return self._image(self.forecast_map(), f"ConvLSTM forecast for {self.verify_month():%Y-%m} "
-                           f"(lead {self.lead})", self._map_clim())
+    def forecast_element(self, projection: str | None = None, **_):
+        return self._map_element(self._forecast_values(), f"ConvLSTM forecast for {self.verify_month():%Y-%m} "
+                                 f"(lead {self.lead})", self._map_clim(), "forecast", projection)
 
-    def observed_element(self, **_) -> gv.Image:
-        return self._image(self.observed_map(), f"observed {self.verify_month():%Y-%m}", self._map_clim())
+    def observed_element(self, projection: str | None = None, **_):
+        ob = self._observed_values()
+        vals = ob if ob is not None else np.full(self.hc.maps.shape[2:], np.nan, np.float32)
+        return self._map_element(vals, f"observed {self.verify_month():%Y-%m}", self._map_clim(), "observed",
+                                 projection)
 
-    def error_element(self, **_) -> gv.Image:
-        return self._image(self.error_map(), "error (forecast − observed)", self._map_clim())
+    def error_element(self, projection: str | None = None, **_):
+        return self._map_element(self._error_values(), "error (forecast − observed)", self._map_clim(), "error",
+                                 projection)
 
-    def state_element(self, **_) -> gv.Image:
-        da = self.state_map()
-        return self._image(da, da.attrs["long_name"])
+    def state_element(self, projection: str | None = None, **_):
+        t0 = time.perf_counter()
+        vals = self._state_values()
+        i = self.hc.rows[self.index]
+        t = pd.Timestamp(self.hc.ds.time.values[i - int(self.hc.ckpt.manifest["window"]) + self.input_month])
+        el = self._map_element(vals, self._state_title(t), None, f"{self.state_kind}_state", projection)
+        self.timings["state_map_s"] = time.perf_counter() - t0
+        return el
 
     def series_element(self, **_) -> hv.Overlay:
         df = self.series()
@@ -463,9 +977,11 @@ class EnsoExplorer(pn.viewable.Viewer):
                 "created_by": "xaiscope ENSO view"}
 
     def maps_dataset(self) -> xr.Dataset:
+        state = self.state_map()
+        state.attrs["comment"] = "internal states are kept as float16 (relative precision 5e-4)"
         ds = xr.Dataset({"input_sst_anomaly": self.input_maps().rename(time="input_time"),
                          "forecast": self.forecast_map(), "observed": self.observed_map(),
-                         "error": self.error_map(), "state": self.state_map(),
+                         "error": self.error_map(), "state": state,
                          "land_mask": self.hc.ds["land_mask"]})
         ds.attrs.update(self.provenance(), verifying_month=f"{self.verify_month():%Y-%m}")
         return ds
@@ -485,21 +1001,62 @@ class EnsoExplorer(pn.viewable.Viewer):
 
     # ------------------------------------------------------------------------------ layout
     def _dmap(self, fn, deps) -> hv.DynamicMap:
-        return hv.DynamicMap(fn, streams=[hv.streams.Params(self, deps)])
+        # cache_size=1: no memory of past frames (and no ranges computed over them)
+        return hv.DynamicMap(fn, streams=[hv.streams.Params(self, deps)], cache_size=1)
 
-    def _geo(self, dmap, height=230):
-        return (dmap * _coast_path() * _nino_box()).opts(projection=CRS, responsive=True, height=height,
-                                                          xlabel="", ylabel="", xformatter=LON_TICKS,
-                                                          yformatter=LAT_TICKS)
+    def _geo(self, dmap, height=230, projection: str | None = None):
+        key = projection or self.projection
+        if key == "platecarree":
+            return (dmap * _coast_path() * _nino_box()).opts(projection=CRS, responsive=True, height=height,
+                                                              xlabel="", ylabel="", xformatter=LON_TICKS,
+                                                              yformatter=LAT_TICKS, framewise=True)
+        g = self._grid(key)
+        ov = projected_overlays(key)
+        land = hv.Image((g.x, g.y, g.warp(np.where(self.hc.sea, np.nan, 1.0))), kdims=["x", "y"],
+                        vdims=["land"]).opts(cmap=[LAND_COLOR], clim=(0, 2), colorbar=False,
+                                             clipping_colors={"NaN": "transparent"})
+        x0, x1, y0, y1 = g.extent
+        return (dmap * land * ov["coast"] * ov["box"] * ov["outline"]).opts(
+            responsive=True, aspect=(x1 - x0) / (y1 - y0), xaxis=None, yaxis=None, xlim=(x0, x1), ylim=(y0, y1),
+            show_grid=False, framewise=True, min_height=height // 2)
 
     def __panel__(self):
-        if self.hc is None:
-            return pn.Column(self._alert, sizing_mode="stretch_width")
+        if self._root is None:
+            self._root = pn.Column(self._alert, sizing_mode="stretch_width", css_classes=["xs-enso"])
+            if self.hc is not None:
+                self._root.append(self._get_layout())
+            elif self._thread is not None:
+                self._root.append(pn.Column(pn.pane.Markdown("## ENSO forecasts (ConvLSTM)"), self._progress_md,
+                                            self._progress, sizing_mode="stretch_width"))
+            if (self.hc is not None or self._thread is not None) and pn.state.location is not None \
+                    and pn.state.curdoc is not None:
+                pn.state.location.sync(self, URL_KEYS)
+        return self._root
+
+    def _get_layout(self):
         if self._layout is None:
             self._layout = self._make_layout()
-            if pn.state.location is not None and pn.state.curdoc is not None:
-                pn.state.location.sync(self, {"start": "start", "lead": "lead"})
         return self._layout
+
+    def _map_panes(self, key: str) -> tuple:
+        """The map grid (inputs, forecast, observed, error) and the state map in projection ``key``; built once
+        per projection (the DynamicMaps update in place afterwards)."""
+        if key not in self._maps_cache:
+            hv_pane = dict(sizing_mode="stretch_width", linked_axes=False)
+            sel = ["start", "lead"]
+            inputs = [self._geo(self._dmap(lambda k=k, **kw: self.input_element(k, key), ["start"]), 180, key)
+                      for k in range(int(self.hc.ckpt.manifest["window"]))]
+            fc = self._geo(self._dmap(lambda **kw: self.forecast_element(key), sel), projection=key)
+            ob = self._geo(self._dmap(lambda **kw: self.observed_element(key), sel), projection=key)
+            er = self._geo(self._dmap(lambda **kw: self.error_element(key), sel), projection=key)
+            st = self._geo(self._dmap(lambda **kw: self.state_element(key), ["start", "layer", "channel",
+                                                                              "state_kind", "input_month"]), 300, key)
+            grid = pn.Column(
+                pn.GridBox(*[pn.pane.HoloViews(e, **hv_pane) for e in inputs], ncols=3, sizing_mode="stretch_width"),
+                pn.GridBox(*[pn.pane.HoloViews(e, **hv_pane) for e in (fc, ob, er)], ncols=3,
+                           sizing_mode="stretch_width"), sizing_mode="stretch_width")
+            self._maps_cache[key] = (grid, pn.pane.HoloViews(st, **hv_pane))
+        return self._maps_cache[key]
 
     def _make_layout(self):
         months = self.months
@@ -508,7 +1065,9 @@ class EnsoExplorer(pn.viewable.Viewer):
         slider = pn.widgets.DiscreteSlider(label="Start month", options=months, value=self.start, width=420)
         lead_w = pn.widgets.RadioButtonGroup.from_param(self.param.lead, options=list(
             range(1, self.param.lead.bounds[1] + 1)), name="Lead (months)")
-        self._player, self._slider = player, slider
+        proj_w = pn.widgets.Select.from_param(self.param.projection, name="Map projection", width=260,
+                                              options={label: k for k, (label, _) in PROJECTIONS.items()})
+        self._player, self._slider, self._proj_w = player, slider, proj_w
 
         def from_player(e):
             self.start = months[int(e.new)]
@@ -518,19 +1077,22 @@ class EnsoExplorer(pn.viewable.Viewer):
 
         def to_widgets(e):
             slider.value = e.new
-            player.value = months.index(e.new)
+            player.value = self.hc.month_index[e.new]
 
         player.param.watch(from_player, "value")
         slider.param.watch(from_slider, "value")
         self.param.watch(to_widgets, "start")
 
-        sel = ["start", "lead"]
-        inputs = [self._geo(self._dmap(lambda k=k, **kw: self.input_element(k), ["start"]), 180)
-                  for k in range(int(self.hc.ckpt.manifest["window"]))]
-        fc = self._geo(self._dmap(self.forecast_element, sel))
-        ob = self._geo(self._dmap(self.observed_element, sel))
-        er = self._geo(self._dmap(self.error_element, sel))
-        st = self._geo(self._dmap(self.state_element, ["start", "layer", "channel", "state_kind", "input_month"]))
+        grid, st = self._map_panes(self.projection)
+        maps_box = pn.Column(grid, sizing_mode="stretch_width")
+        state_box = pn.Column(st, sizing_mode="stretch_width")
+
+        def to_projection(e):
+            grid, st = self._map_panes(e.new)
+            maps_box.objects, state_box.objects = [grid], [st]
+
+        self.param.watch(to_projection, "projection")
+        self._maps_box, self._state_box = maps_box, state_box
 
         obs_curve = self._dmap(self.series_element, ["lead"])
         tap = hv.streams.Tap(source=obs_curve, x=None)
@@ -554,24 +1116,20 @@ class EnsoExplorer(pn.viewable.Viewer):
                            pn.widgets.IntSlider.from_param(self.param.channel, name="channel"),
                            pn.widgets.RadioButtonGroup.from_param(self.param.state_kind, name="state"),
                            pn.widgets.IntSlider.from_param(self.param.input_month, name="input month"))
+        src = ("read from the stored hindcast" if self.hc.source != "computed" else
+               f"computed in {self.hc.seconds:.1f} s")
         skill_md = pn.pane.Markdown(
             f"Niño 3.4 anomaly correlation `r` and RMSE (°C) of forecasts verifying in the test years "
-            f"{'..'.join(self.hc.ckpt.manifest.get('test_period', []))}; ConvLSTM hindcast computed in "
-            f"{self.hc.seconds:.1f} s (checkpoint sha256 `{self.hc.ckpt.sha256[:12]}`).")
+            f"{'..'.join(self.hc.ckpt.manifest.get('test_period', []))}; ConvLSTM hindcast {src} "
+            f"(checkpoint sha256 `{self.hc.ckpt.sha256[:12]}`).")
         hv_pane = dict(sizing_mode="stretch_width", linked_axes=False)
         return pn.Column(
             pn.pane.Markdown("## ENSO forecasts (ConvLSTM)\nClick the Niño 3.4 series to move the start month."),
-            self._alert,
-            pn.Row(pn.Column(slider, player), lead_w),
+            pn.Row(pn.Column(slider, player), lead_w, proj_w),
             pn.pane.HoloViews(series, **hv_pane),
             pn.Tabs(
-                ("Maps", pn.Column(
-                    pn.GridBox(*[pn.pane.HoloViews(e, **hv_pane) for e in inputs], ncols=3,
-                               sizing_mode="stretch_width"),
-                    pn.GridBox(*[pn.pane.HoloViews(e, **hv_pane) for e in (fc, ob, er)], ncols=3,
-                               sizing_mode="stretch_width"), fc_table, sizing_mode="stretch_width")),
-                ("Internal states", pn.Column(state_ctl, pn.pane.HoloViews(st, **hv_pane),
-                                              sizing_mode="stretch_width")),
+                ("Maps", pn.Column(maps_box, fc_table, sizing_mode="stretch_width")),
+                ("Internal states", pn.Column(state_ctl, state_box, sizing_mode="stretch_width")),
                 ("Skill", pn.Row(pn.Column(skill_md, table), pn.pane.HoloViews(
                     self._dmap(self.skill_element, []).opts(height=300, responsive=True),
                     **hv_pane), sizing_mode="stretch_width")),
@@ -579,7 +1137,7 @@ class EnsoExplorer(pn.viewable.Viewer):
                                                          "settings as global attributes."), dl_maps, dl_series,
                                         max_width=500)),
                 dynamic=True, sizing_mode="stretch_width"),
-            sizing_mode="stretch_width", css_classes=["xs-enso"])
+            sizing_mode="stretch_width")
 
 
 from xaiscope.dashboard.registry import register_view  # noqa: E402

@@ -167,12 +167,15 @@ def test_state_maps_match_convlstm_states(view, ds):
     ref = convlstm_states(view.hc.ckpt.model, x.astype(np.float32))
     sea = ds["land_mask"].values == 0
     view.param.update(layer=2, channel=31, state_kind="c", input_month=4)
-    np.testing.assert_allclose(view.state_map().values[sea], ref["c"].values[3, 2, 31][sea], rtol=1e-4, atol=1e-5)
+    # states are kept as float16 (relative precision 2**-11)
+    expect = ref["c"].values[3, 2, 31][sea]
+    np.testing.assert_allclose(view.state_map().values[sea], expect, rtol=1e-3, atol=1e-3 * np.abs(expect).max())
+    assert np.isnan(view.state_map().values[~sea]).all()
     view.layer = 0  # 16 channels: the channel is clamped into range
     assert view.channel == m["config"]["hidden"][0] - 1
     view.param.update(state_kind="h", input_month=6)
-    np.testing.assert_allclose(view.state_map().values[sea], ref["h"].values[5, 0, view.channel][sea],
-                               rtol=1e-4, atol=1e-5)
+    expect = ref["h"].values[5, 0, view.channel][sea]
+    np.testing.assert_allclose(view.state_map().values[sea], expect, rtol=1e-3, atol=1e-3 * np.abs(expect).max())
 
 
 def test_tap_and_bad_start(view):
@@ -218,8 +221,206 @@ def test_layout_renders(view):
     assert view.__panel__() is before  # updated in place
 
 
+def test_stored_hindcast_is_used_and_checked(view, ds, tmp_path, monkeypatch):
+    """The demo's hindcast is read from the file shipped beside the weights (its values are checked against
+    predict in test_forecast_equals_predict); a file whose key does not match is ignored."""
+    from xaiscope.dashboard import enso
+
+    assert view.hc.source.endswith(".nc") and "assets" in view.hc.source and "hindcasts" in view.hc.source
+    key = enso.data_key(view.hc.ckpt, ds)
+    assert Path(view.hc.source).name == f"{view.hc.ckpt.sha256[:16]}_{key[:16]}.nc"
+    # another data key (one changed value) has no stored file: recomputed, then stored in the user cache
+    monkeypatch.setenv("XAISCOPE_CACHE_DIR", str(tmp_path))
+    ds2 = ds.copy(deep=True)
+    ds2["sst_anomaly"][-1, 0, 0] = 9.0
+    assert enso.data_key(view.hc.ckpt, ds2) != key
+    assert not enso.hindcast_ready(view.hc.ckpt, ds2, "2018-07")
+    hc2 = enso.compute_hindcast(view.hc.ckpt, ds2, "2018-07")
+    assert hc2.source == "computed"
+    stored = list((tmp_path / "enso_hindcasts").glob("*.nc"))
+    assert len(stored) == 1
+    with xr.open_dataset(stored[0]) as f:
+        tampered = f.load()
+    np.testing.assert_allclose(tampered["nino34"].values, hc2.nino)
+    tampered.attrs["checkpoint_sha256"] = "0" * 64
+    tampered.to_netcdf(stored[0])
+    assert enso._read_hindcast_file(view.hc.ckpt, enso.data_key(view.hc.ckpt, ds2), hc2.init) is None
+
+
+def test_background_hindcast_shows_progress(ds, tmp_path, monkeypatch):
+    import panel as pn
+
+    from xaiscope.dashboard import enso
+
+    monkeypatch.setenv("XAISCOPE_CACHE_DIR", str(tmp_path))
+    ds3 = ds.copy(deep=True)
+    ds3["sst_anomaly"][-1, 1, 1] = 7.0  # a data key with no stored hindcast
+    v = enso.EnsoExplorer(sst=ds3, first_start="2018-04", background=True, precompute_states=False)
+    root = v.__panel__()
+    if v.hc is None:  # still computing: the page shows the progress bar and a message
+        assert any(isinstance(o, pn.indicators.Progress) for o in root.select(pn.indicators.Progress))
+    assert v.wait_ready(120)
+    assert v._progress.value == 100 and "ready" in v._progress_md.object
+    assert v.hc.source == "computed" and v.months[0] == "2018-04"
+    assert any(o is v._layout for o in root.objects)  # the layout replaced the progress bar
+    assert v.error == ""
+
+
+def test_state_store_batch_and_background_fill(view, ds):
+    """Batched background states equal one sequence at a time (convlstm_states), to float16 precision."""
+    from xaiscope.core.convlstm import convlstm_states
+    from xaiscope.dashboard.enso import StateStore
+
+    hc = view.hc
+    store = StateStore(hc, batch=5)
+    store.compute([3, 7, 11])
+    assert store.done[[3, 7, 11]].all() and store.done.sum() == 3
+    w = int(hc.ckpt.manifest["window"])
+    sea = hc.sea
+    for i in (3, 11):
+        r = hc.rows[i]
+        ref = convlstm_states(hc.ckpt.model, hc.x_all[r - w + 1:r + 1])
+        for kind, layer, ch, month in (("h", 2, 17, 6), ("c", 0, 3, 2), ("c", 1, 15, 5)):
+            expect = ref[kind].values[month - 1, layer, ch][sea]
+            got = store.state_map(i, kind, month, layer, ch)
+            np.testing.assert_allclose(got[sea], expect, rtol=1e-3, atol=1e-3 * np.abs(expect).max())
+            assert np.isnan(got[~sea]).all()
+    with pytest.raises(Exception, match="channels"):
+        store.state_map(0, "h", 1, 0, 16)
+    store.start_background(first=20).join(300)
+    assert store.done.all() and store.seconds_background is not None
+
+
+def test_projection_switch_reprojects_maps(view, ds):
+    """Robinson and orthographic maps: each data cell's centre, projected with pyproj (independent of the
+    cartopy look-up table), lands on a pixel showing that cell's value; land and the Niño 3.4 box follow."""
+    import geoviews as gv
+    import holoviews as hv
+    import pyproj
+
+    from xaiscope.dashboard import enso
+
+    view.param.update(start="2015-11", lead=3, projection="platecarree")
+    pc = view.input_element(5)
+    assert isinstance(pc, gv.Image) and pc.crs.proj4_params["lon_0"] == 180
+    field = ds["sst_anomaly"].sel(time="2015-11-01").values
+    lat, lon = ds.lat.values, ds.lon.values
+    for key, proj4 in (("robinson", "+proj=robin +lon_0=180"), ("orthographic", "+proj=ortho +lon_0=-160 +lat_0=0")):
+        assert all(f"{k}={v}" in enso.projection_crs(key).proj4_init for k, v in
+                   (a.lstrip("+").split("=") for a in proj4.split()))  # the projection we mean
+        view.projection = key
+        el = view.input_element(5)
+        assert isinstance(el, hv.Image) and not isinstance(el, gv.Image)
+        xs, ys = el.dimension_values(0, expanded=False), el.dimension_values(1, expanded=False)
+        assert abs(xs).max() > 1e6  # metres, not degrees
+        img = el.dimension_values(2, flat=False)  # (y, x)
+        # PROJ directly (pyproj), on the projection's own globe
+        tr = pyproj.Transformer.from_crs("EPSG:4326", pyproj.CRS(enso.projection_crs(key).proj4_init),
+                                         always_xy=True)
+        LON, LAT = np.meshgrid(lon, lat)
+        px, py = tr.transform(np.where(LON > 180, LON - 360, LON), LAT)
+        ok = np.isfinite(px) & np.isfinite(py) & (LON != 0)  # the 0° cell is split by the frame's seam
+        if key == "orthographic":
+            ok &= np.abs(((LON - 200 + 180) % 360) - 180) < 80  # the visible hemisphere, off the limb
+        jx = np.abs(px[ok][:, None] - xs[None]).argmin(1)
+        iy = np.abs(py[ok][:, None] - ys[None]).argmin(1)
+        shown = img[iy, jx]
+        sea = (ds["land_mask"].values == 0)[ok]
+        np.testing.assert_allclose(shown[sea], field[ok][sea], rtol=1e-6)
+        assert np.isnan(shown[~sea]).all()  # land: NaN in the data image …
+        ov = view._geo(view._dmap(lambda **_: view.input_element(5), ["start"]), projection=key)
+        land = [e for e in ov[()] if isinstance(e, hv.Image) and e.vdims[0].name == "land"][0]
+        assert (land.dimension_values(2, flat=False)[iy, jx][~sea] == 1).all()  # … drawn grey below
+        # the Niño 3.4 box: its corners are the projected corners of 190–240°E, 5°S–5°N
+        box = enso.projected_overlays(key)["box"].array([0, 1])
+        cx, cy = tr.transform([-170, -120, -120, -170], [-5, -5, 5, 5])
+        for x, y in zip(cx, cy):
+            assert np.hypot(box[:, 0] - x, box[:, 1] - y).min() < 1e3
+        # coastline vertices, back to lon/lat with pyproj, lie on the Natural Earth coastline
+        coast = np.concatenate(enso.projected_overlays(key)["coast"].split(datatype="array"))
+        coast = coast[np.isfinite(coast).all(1)][::25]  # lines are separated by NaN rows
+        assert len(coast) > 50
+        lo, la = tr.transform(coast[:, 0], coast[:, 1], direction="INVERSE")
+        fin = np.isfinite(lo) & np.isfinite(la)
+        assert fin.mean() > 0.95
+        lo, la = lo[fin], la[fin]
+        from shapely.geometry import MultiLineString, Point
+
+        ne = MultiLineString([g for line in enso.coastline_geometries() for g in getattr(line, "geoms", [line])])
+        assert max(ne.distance(Point(a, b)) for a, b in zip(lo, la)) < 0.1
+    view.projection = "platecarree"
+
+
+def test_projection_and_state_settings_round_trip_in_url(view):
+    from panel.io.location import Location
+    from urllib.parse import parse_qs
+
+    from xaiscope.dashboard.enso import URL_KEYS
+
+    view.param.update(start="2015-11", layer=2, channel=0, state_kind="h", input_month=6, projection="platecarree")
+    loc = Location(search="?start=2016-01&layer=1&channel=3&state=c&month=4&projection=mollweide")
+    loc.sync(view, URL_KEYS)
+    try:
+        assert (view.start, view.layer, view.channel, view.state_kind, view.input_month, view.projection) == (
+            "2016-01", 1, 3, "c", 4, "mollweide")
+        view.param.update(layer=0, channel=7, state_kind="h", input_month=2, projection="equalearth")
+        q = parse_qs(loc.search.lstrip("?"))
+        assert (q["layer"], q["channel"], q["state"], q["month"], q["projection"]) == (
+            ["0"], ["7"], ["h"], ["2"], ["equalearth"])
+    finally:
+        loc.unsync(view)
+        view.projection = "platecarree"
+
+
+def test_layout_projection_switch_swaps_maps(view):
+    import holoviews as hv
+
+    view.projection = "platecarree"
+    view.__panel__()
+    pc_grid = view._maps_box.objects[0]
+    view.projection = "mollweide"
+    grid = view._maps_box.objects[0]
+    assert grid is not pc_grid
+    pane = grid.objects[0].objects[0]
+    el = pane.object.last if isinstance(pane.object, hv.DynamicMap) else pane.object
+    assert el is None or isinstance(el, hv.Overlay)
+    root = view.__panel__().get_root()
+    assert root is not None
+    view.projection = "platecarree"
+    assert view._maps_box.objects[0] is pc_grid  # built once per projection
+
+
+def test_app_hides_hydro_pickers_on_the_enso_view():
+    import panel as pn
+
+    from xaiscope.dashboard.app import create_app
+
+    tmpl = create_app()
+    side = list(tmpl.sidebar)
+    view_w = [w for w in side if isinstance(w, pn.widgets.RadioBoxGroup)][0]
+    ckpt_w = [w for w in side if isinstance(w, pn.widgets.Select) and w.name == "Checkpoint"][0]
+    data_w = [w for w in side if isinstance(w, pn.widgets.Select) and w.name == "Basin data"][0]
+    view_w.value = "cells"
+    assert ckpt_w.visible and data_w.visible  # the cell-state view uses them
+    view_w.value = "enso"
+    assert not ckpt_w.visible and not data_w.visible
+    view_w.value = "cells"
+    assert ckpt_w.visible and data_w.visible
+
+
 # ------------------------------------------------------------------------------------------------ browser
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+# true once a plot's x range lies in projected metres (Plate Carrée and the series axes never start below -1e6)
+PROJECTED_RANGE_JS = """() => {
+  for (const doc of (window.Bokeh && Bokeh.documents) || []) {
+    for (const m of doc._all_models ? doc._all_models.values() : doc.all_models) {
+      if (typeof m.start === "number" && typeof m.end === "number" && m.start < -1e6 && m.end > 1e6) return true;
+    }
+  }
+  return false;
+}"""
 
 
 @pytest.mark.browser
@@ -243,10 +444,22 @@ def test_browser_scrub_and_switch_leads(tmp_path):
             page.wait_for_function(
                 "(t) => { const f = " + TITLES_JS + "; return f().some(s => s.includes(t)); }",
                 arg="ConvLSTM forecast for 2016-01 (lead 1)", timeout=60_000)
-            page.goto(url + "?view=enso&start=2016-06&lead=6", timeout=240_000)
+            # the checkpoint / basin pickers of the hydrology views are hidden here
+            assert not page.get_by_text("Basin data", exact=True).is_visible()
+            # another projection: the maps are redrawn in projected metres, and the URL keeps it
+            page.locator("select").filter(has_text="Robinson").first.select_option(label="Robinson")
+            page.wait_for_function(PROJECTED_RANGE_JS, timeout=120_000)
+            page.wait_for_function("() => window.location.search.includes('projection=robinson')", timeout=30_000)
+            page.goto(url + "?view=enso&start=2016-06&lead=6&layer=1&channel=3&state=c&month=4"
+                      "&projection=orthographic", timeout=240_000)
             page.wait_for_function(
                 "(t) => { const f = " + TITLES_JS + "; return f().some(s => s.includes(t)); }",
                 arg="ConvLSTM forecast for 2016-12 (lead 6)", timeout=240_000)
+            page.wait_for_function(PROJECTED_RANGE_JS, timeout=60_000)
+            page.get_by_text("Internal states", exact=True).first.click()
+            page.wait_for_function(
+                "(t) => { const f = " + TITLES_JS + "; return f().some(s => s.includes(t)); }",
+                arg="ConvLSTM c layer 1 channel 3, input month 4 (2016-04)", timeout=120_000)
             page.wait_for_timeout(1000)
             assert page.external_requests == []
             assert page.console_errors == [], page.console_errors

@@ -103,7 +103,7 @@ def main(argv=None) -> dict:
         [I.top_k(row, 10) for row in ours]
         cold, cold_cpu = time.perf_counter() - t0, time.process_time() - c0
         print(f"ours cold: {cold:.1f} s ({cold / floor:.2f}× the floor; CPU {cold_cpu:.1f} s, "
-              f"{cold_cpu / floor_cpu:.2f}× the floor's CPU time; store written in {t_store:.1f} s)", flush=True)
+              f"{cold_cpu / floor_cpu:.2f}× the floor's CPU time; precompute_store, gradients + Zarr writes, {t_store:.1f} s)", flush=True)
 
         t0, c0 = time.perf_counter(), time.process_time()
         q = store.embed_test(test.x, test.y, ckpts)

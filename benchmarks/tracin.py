@@ -78,7 +78,8 @@ def main(argv=None) -> dict:
     train = train_all.subset(draw_windows(len(train_all), args.windows, rng))
     test = test.subset(np.sort(rng.choice(len(test), args.n_test, replace=False)))
     n_distinct = min(len(train_all), len(train))
-    print(f"{len(train)} training windows ({n_distinct} distinct{', the rest repeated' if len(train) > n_distinct else ''})"
+    repeats = ", the rest repeated" if len(train) > n_distinct else ""
+    print(f"{len(train)} training windows ({n_distinct} distinct{repeats})"
           f" × {len(test)} test predictions × {len(ckpts)} checkpoints, {args.threads} thread(s), "
           f"{os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f}", flush=True)
 
@@ -103,7 +104,8 @@ def main(argv=None) -> dict:
         [I.top_k(row, 10) for row in ours]
         cold, cold_cpu = time.perf_counter() - t0, time.process_time() - c0
         print(f"ours cold: {cold:.1f} s ({cold / floor:.2f}× the floor; CPU {cold_cpu:.1f} s, "
-              f"{cold_cpu / floor_cpu:.2f}× the floor's CPU time; precompute_store, gradients + Zarr writes, {t_store:.1f} s)", flush=True)
+              f"{cold_cpu / floor_cpu:.2f}× the floor's CPU time; precompute_store, gradients + Zarr writes, "
+              f"{t_store:.1f} s)", flush=True)
 
         t0, c0 = time.perf_counter(), time.process_time()
         q = store.embed_test(test.x, test.y, ckpts)

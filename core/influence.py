@@ -426,7 +426,8 @@ def _probe_layer(lstm: nn.LSTM, layer: int, n_in: int) -> nn.LSTM:
 
 def per_sample_grads_lstm_probe(adapter: TaskAdapter, model: nn.Module, x, y, names: Sequence[str]) -> torch.Tensor:
     """HydroLSTM, small batches (fewer than :data:`LSTM_RECURSION_FROM` examples): one batched backward to every
-    example's gate pre-activation gradients δz_t (B, T, 4H) per layer, then ∇W_ih = Σ_t δz_t ⊗ x_t, ∇W_hh = Σ_t δz_t ⊗ h_{t−1}, ∇b_ih = ∇b_hh = Σ_t δz_t (einsums).
+    example's gate pre-activation gradients δz_t (B, T, 4H) per layer, then ∇W_ih = Σ_t δz_t ⊗ x_t,
+    ∇W_hh = Σ_t δz_t ⊗ h_{t−1}, ∇b_ih = ∇b_hh = Σ_t δz_t (einsums).
 
     δz_t comes out of PyTorch's own fused LSTM kernels: each layer runs as an ``nn.LSTM`` with 4H zero "probe"
     inputs wired to its gate pre-activations (:func:`_probe_layer`), and the gradient of the summed per-example
@@ -761,7 +762,8 @@ def _is_url(path) -> bool:
 
 
 def _store_location(path) -> str | Path:
-    return path if _is_url(path) else Path(path).expanduser()
+    """A URL as given; a local path made absolute (Dask workers elsewhere write to the same name)."""
+    return path if _is_url(path) else Path(path).expanduser().absolute()
 
 
 def _need_zarr():
@@ -1029,6 +1031,7 @@ def precompute_store(out: str | Path, run, train: Examples | None = None, method
     group.attrs.update({ZARR_ATTR: meta})
     chunks = [(s, min(s + rows, n)) for s in range(0, n, rows)]
     steps = {c: len(ckpts) * math.ceil((c[1] - c[0]) / batch_size) for c in chunks}
+    total = sum(steps.values())
     spec_d = dict(meta["spec"])
     done = 0
     if scheduler is None:

@@ -326,6 +326,12 @@ def test_zarr_store_records_what_it_is_and_matches_direct_embeddings(tmp_path, l
     assert m["data"] == "synthetic:3" and m["complete"] and m["chunk_rows"] == 16
     assert m["train_sha256"] == I._sha256_arrays(x, y) != I._sha256_arrays(x, y + 1)
     np.testing.assert_array_equal(again.index, np.arange(len(x)))
+    # chunks smaller than a batch: the progress still ends at its total (one batch per chunk: 60 / 7 → 9 chunks)
+    seen = []
+    small = I.precompute_store(tmp_path / "s", run, train, method="projection", dim=24, seed=5, batch_size=8,
+                               chunk_rows=7, progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1] == (3 * 9, 3 * 9) and all(t == 27 for _, t in seen)
+    np.testing.assert_allclose(small.embeddings, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())  # other batches
 
 
 def test_numpy_store_still_readable_and_same_as_zarr(tmp_path, lstm_run):

@@ -66,6 +66,19 @@ MAX_TRACES = 10
 RASTER_MAX_COLUMNS = 3000  # heatmaps wider than this (days) are drawn as k-day means aggregated by Datashader
 
 
+def nice_ceiling(m: float) -> float:
+    """The smallest of 1, 1.5, 2, 3, 5, 7.5 × 10^k that is ≥ m: colour limits that stay put while scrubbing (so
+    colours compare from day to day, and the colour bar is not laid out again on every step)."""
+    if not np.isfinite(m) or m <= 0:
+        return 1.0
+    k = np.floor(np.log10(m))
+    for step in (1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0):
+        v = float(step * 10.0 ** k)
+        if v >= m * (1 - 1e-12):
+            return v
+    return float(10.0 ** (k + 1))
+
+
 def aggregate_days(arr: np.ndarray, max_columns: int = RASTER_MAX_COLUMNS) -> tuple[np.ndarray, int]:
     """The (time, cell) array as a (cell, column) image of at most ``max_columns`` columns, and the days per column.
 
@@ -452,7 +465,8 @@ class CellStateExplorer(pn.viewable.Viewer):
         cmap, (lo, hi) = self._color_for_gate()
         if not np.isfinite(lo):
             m = float(np.nanmax(np.abs(arr))) if arr.size and np.isfinite(arr).any() else 1.0
-            lo, hi = -(m or 1.0), (m or 1.0)
+            m = nice_ceiling(m or 1.0)
+            lo, hi = -m, m
         if self._mapper.palette != cmap:
             self._mapper.palette = cmap
         if (self._mapper.low, self._mapper.high) != (lo, hi):

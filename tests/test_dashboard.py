@@ -372,3 +372,20 @@ def test_continuous_heatmap_of_the_whole_record_is_aggregated(explorer, basin, m
     daily_tc = daily if daily.shape[0] == n else daily.T
     np.testing.assert_allclose(image[:, 0], daily_tc[:3].mean(axis=0), rtol=1e-5, atol=1e-6)
     ex.param.update(mode="window")
+
+
+@pytest.mark.parametrize("m, expected", [(0.9, 1.0), (1.0, 1.0), (1.01, 1.5), (1.7, 2.0), (2.2, 3.0), (4.0, 5.0),
+                                         (6.1, 7.5), (8.0, 10.0), (19.18, 20.0), (0.031, 0.05), (0.0, 1.0)])
+def test_cell_state_colour_limits_are_nice_and_cover_the_data(m, expected):
+    from xaiscope.dashboard.cellstate import nice_ceiling
+
+    assert nice_ceiling(m) == pytest.approx(expected)
+    assert nice_ceiling(m) >= m
+
+
+def test_cell_state_colour_limits_are_symmetric_and_cover_the_window(explorer):
+    ex = explorer
+    ex.param.update(mode="window", gate="c", layer=0)
+    arr = ex._state_array()
+    m = float(np.nanmax(np.abs(arr)))
+    assert ex._mapper.low == -ex._mapper.high and m <= ex._mapper.high <= 1.5 * m

@@ -358,9 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="worker processes of --scheduler local (default 2)")
     p.add_argument("--chunk-rows", type=int, default=None,
                    help="training examples per chunk / Dask task (default 1024)")
-    p.add_argument("--store-format", choices=("zarr", "npy"), default="zarr",
+    p.add_argument("--store-format", choices=("zarr", "npy"), default=None,
                    help="zarr (default; --out may be a shared folder or an fsspec URL such as s3://bucket/store) "
-                        "or npy (the older memory-mapped form, in-process only)")
+                        "or npy (the older memory-mapped form, in-process only; the default where Zarr 3 is not "
+                        "installed)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_precompute_influence)
     return parser

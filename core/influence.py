@@ -769,10 +769,20 @@ def _store_location(path) -> str | Path:
 def _need_zarr():
     try:
         import zarr
-    except ImportError as err:  # pragma: no cover - zarr is a dependency
-        raise InfluenceError("Zarr influence stores need the `zarr` package (pip install zarr); or write a NumPy "
-                             "store with store_format='npy'.") from err
+    except ImportError as err:
+        raise InfluenceError("Zarr influence stores (and Dask precomputation) need the `zarr` package, version 3 "
+                             "(Python ≥ 3.11): pip install 'zarr>=3'; or write a NumPy store with "
+                             "store_format='npy'.") from err
     return zarr
+
+
+def zarr_available() -> bool:
+    """Whether Zarr 3 can be imported (it needs Python ≥ 3.11); without it stores are written in the NumPy form."""
+    try:
+        import zarr
+    except ImportError:
+        return False
+    return int(zarr.__version__.split(".")[0]) >= 3
 
 
 def _open_zarr_group(location, mode: str = "r"):
@@ -983,7 +993,7 @@ def precompute_store(out: str | Path, run, train: Examples | None = None, method
                      dim: int = 128, seed: int = 0, data: Any = None, batch_size: int | None = None,
                      progress: Callable[[int, int], None] | None = None, scheduler=None,
                      n_workers: int | None = None, chunk_rows: int | None = None,
-                     store_format: str = "zarr") -> InfluenceStore:
+                     store_format: str | None = None) -> InfluenceStore:
     """Compute the training embeddings of a run once and store them with the checkpoint hashes, the embedding
     spec and the data key. ``train`` defaults to the adapter's training examples of ``data``.
 
@@ -993,7 +1003,10 @@ def precompute_store(out: str | Path, run, train: Examples | None = None, method
     (``"tcp://host:8786"``) or a ``distributed.Client`` uses that cluster. Workers receive the examples and the
     weights with the tasks; they only need xaiscope installed and write access to ``out`` (a shared folder or an
     fsspec URL such as ``s3://bucket/store``). ``progress(done, total)`` counts gradient batches.
-    ``store_format="npy"`` writes the older memory-mapped NumPy form (in-process only)."""
+    ``store_format="npy"`` writes the older memory-mapped NumPy form (in-process only); the default is "zarr",
+    or "npy" where Zarr 3 is not installed (Python 3.10)."""
+    if store_format is None:
+        store_format = "zarr" if zarr_available() or scheduler is not None or _is_url(out) else "npy"
     if store_format not in ("zarr", "npy"):
         raise InfluenceError(f"store_format: {store_format!r} is not 'zarr' or 'npy'.")
     if store_format == "npy" and (scheduler is not None or _is_url(out)):
@@ -1102,7 +1115,7 @@ def run_precompute_cli(args) -> int:
                              data=args.data, batch_size=args.batch_size, progress=progress,
                              scheduler=getattr(args, "scheduler", None), n_workers=getattr(args, "workers", None),
                              chunk_rows=getattr(args, "chunk_rows", None),
-                             store_format=getattr(args, "store_format", None) or "zarr")
+                             store_format=getattr(args, "store_format", None))
     bar.close()
     n, d = store.shape
     print(f"wrote {store.path}: {n} training examples × {d} ({store.spec.label}) from "

@@ -354,6 +354,27 @@ def test_numpy_store_still_readable_and_same_as_zarr(tmp_path, lstm_run):
         I.precompute_store(tmp_path / "other", run, train)
 
 
+def test_without_zarr_stores_are_numpy_and_dask_says_what_is_missing(tmp_path, lstm_run, monkeypatch):
+    """Python 3.10 has no Zarr 3: the default store is the NumPy form; a Zarr-only request says what to install."""
+    import builtins
+
+    run, x, y = lstm_run
+    train = I.Examples(x[:10], y[:10], np.arange(10))
+    real_import = builtins.__import__
+
+    def no_zarr(name, *args, **kwargs):
+        if name == "zarr" or name.startswith("zarr."):
+            raise ImportError("No module named 'zarr'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_zarr)
+    assert not I.zarr_available()
+    store = I.precompute_store(tmp_path / "n", run, train, layers=["head"])
+    assert store.format == "npy" and (tmp_path / "n" / I.EMBEDDINGS_FILE).exists()
+    with pytest.raises(I.InfluenceError, match=r"pip install 'zarr>=3'"):
+        I.precompute_store(tmp_path / "z", run, train, layers=["head"], store_format="zarr")
+
+
 def test_zarr_store_stale_and_incomplete_give_clear_errors(tmp_path, lstm_run):
     import shutil
 

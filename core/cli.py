@@ -168,11 +168,27 @@ def _cmd_export(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- serve
+def engine_settings(args):
+    """The engine settings of ``xaiscope serve``: flags over ``$XAISCOPE_DEVICE`` / ``_CACHE_MB`` / ``_THREADS``
+    / ``_MAX_BATCH`` / ``_MAX_WAIT_MS`` over the defaults."""
+    from xaiscope.core.engine import EngineSettings
+
+    return EngineSettings.from_env(device=args.device, cache_mb=args.cache_mb, threads=args.threads,
+                                   max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+
+
 def _cmd_serve(args) -> int:
+    from xaiscope.core.engine import configure_engine
     from xaiscope.dashboard.app import serve
 
+    settings = engine_settings(args)
+    engine = configure_engine(settings)
+    log.info("engine: device %s, result cache %g MB, batches of at most %d (wait ≤ %g ms), %s torch thread(s)",
+             engine.default_device, settings.cache_mb, settings.max_batch, settings.max_wait_ms,
+             settings.threads or 1)
     serve(port=args.port, address=args.address, checkpoints=args.checkpoint or [], data=args.data or [],
-          device=args.device, show=args.show, allowed_roots=args.allow_root or [])
+          device=settings.device, show=args.show, allowed_roots=args.allow_root or [],
+          torch_threads=settings.threads or 1)
     return 0
 
 
@@ -332,7 +348,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a folder whose files a path typed into the app may open (repeatable; also "
                         "$XAISCOPE_ALLOWED_ROOTS, os.pathsep-separated). Always allowed: the shipped assets, the "
                         "working directory, the cache folder and the folders of --checkpoint/--data")
-    _add_device(p)
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:N or mps for the shared engine (default: $XAISCOPE_DEVICE, else CUDA if "
+                        "available, then MPS, else CPU)")
+    p.add_argument("--cache-mb", type=float, default=None, metavar="MB",
+                   help="memory bound of the engine's result cache (default: $XAISCOPE_CACHE_MB, else 512)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads of the server process (default: $XAISCOPE_THREADS, else 1)")
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="most requests of all sessions run as one batched forward (default: $XAISCOPE_MAX_BATCH, "
+                        "else 32)")
+    p.add_argument("--max-wait-ms", type=float, default=None,
+                   help="how long a request may wait for others to batch with (default: $XAISCOPE_MAX_WAIT_MS, "
+                        "else 3)")
     p.set_defaults(func=_cmd_serve)
 
     # precompute

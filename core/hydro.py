@@ -146,7 +146,9 @@ def _device(device):
 def _internals_dataset(internals, times, ckpt: Checkpoint, attrs: dict) -> xr.Dataset:
     data_vars = {}
     for name in STATE_NAMES:
-        arr = getattr(internals, name)[0].detach().to("cpu").numpy()  # (T, L, H)
+        arr = getattr(internals, name)[0]  # (T, L, H)
+        if torch.is_tensor(arr):
+            arr = arr.detach().to("cpu").numpy()
         data_vars[name] = xr.Variable(
             ("time", "layer", "cell"), arr, {"long_name": STATE_LONG_NAMES[name], "units": "1"}
         )
@@ -171,10 +173,9 @@ def window_length(ckpt: Checkpoint) -> int:
     return int(ckpt.manifest.get("window", 365))
 
 
-def window_states(ckpt: Checkpoint, ds: xr.Dataset, date, device=None) -> xr.Dataset:
-    """Internals for the ``window``-day sequence that ends on ``date``, from a zero initial state."""
-    from xaiscope.core.states import lstm_internals
-
+def window_inputs(ckpt: Checkpoint, ds: xr.Dataset, date) -> tuple[np.ndarray, np.ndarray]:
+    """The normalised inputs of the ``window``-day sequence ending on ``date``: ``(x (window, n_in) float32,
+    days (window,))``; a clear :class:`XaiscopeError` for a day outside the record or too early for a window."""
     date = pd.Timestamp(date)
     times = pd.DatetimeIndex(ds.time.values)
     n = window_length(ckpt)
@@ -189,34 +190,78 @@ def window_states(ckpt: Checkpoint, ds: xr.Dataset, date, device=None) -> xr.Dat
             f"day is {times[n - 1].date()}."
         )
     sub = ds.isel(time=slice(pos + 1 - n, pos + 1))
-    x = torch.from_numpy(normalised_inputs(ckpt, sub))[None]
-    dev = _device(device)
-    model = ckpt.model.to(dev)
-    internals = lstm_internals(model.lstm, x.to(dev))
+    return normalised_inputs(ckpt, sub), sub.time.values
+
+
+def window_forward(model, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Internals and prediction of a hydro LSTM on windows ``x`` (B, T, n_in) on the model's device:
+    ``(h, c, i, f, g, o, y)`` with states ``(B, T, L, H)`` (fast exact internals) and ``y`` (B,) normalised."""
+    from xaiscope.core.states import lstm_internals
+
+    internals = lstm_internals(model.lstm, x)
     with torch.inference_mode():
-        y = model.head(internals.h[:, -1, -1]).squeeze(-1).cpu().numpy()
-    out = _internals_dataset(internals, sub.time.values, ckpt, {
-        "mode": "window", "date": str(date.date()), "window": n,
+        y = model.head(internals.h[:, -1, -1]).squeeze(-1)
+    return (*(getattr(internals, name) for name in ("h", "c", "i", "f", "g", "o")), y)
+
+
+def window_dataset(ckpt: Checkpoint, ds: xr.Dataset, date, days, internals, y: float) -> xr.Dataset:
+    """The window-mode Dataset from one window's internals (an object with ``c, h, i, f, g, o`` arrays
+    ``(1, T, L, H)``) and its normalised prediction ``y``."""
+    date = pd.Timestamp(date)
+    out = _internals_dataset(internals, days, ckpt, {
+        "mode": "window", "date": str(date.date()), "window": window_length(ckpt),
         "basin_id": str(ds.attrs.get("basin_id", "")),
     })
-    out["qsim"] = xr.Variable((), float(_denormalise(ckpt, y)[0]),
+    out["qsim"] = xr.Variable((), float(_denormalise(ckpt, np.asarray([y], dtype=np.float32))[0]),
                               {"long_name": f"simulated streamflow on {date.date()}", "units": "mm/day"})
     return out
 
 
-def continuous_states(ckpt: Checkpoint, ds: xr.Dataset, start=None, end=None, device=None) -> xr.Dataset:
-    """Internals over the whole record (or ``start``..``end``) in one pass from a zero initial state."""
+def window_states(ckpt: Checkpoint, ds: xr.Dataset, date, device=None) -> xr.Dataset:
+    """Internals for the ``window``-day sequence that ends on ``date``, from a zero initial state."""
+    from types import SimpleNamespace
+
+    x, days = window_inputs(ckpt, ds, date)
+    dev = _device(device)
+    model = ckpt.model.to(dev)
+    h, c, i, f, g, o, y = window_forward(model, torch.from_numpy(x)[None].to(dev))
+    internals = SimpleNamespace(h=h, c=c, i=i, f=f, g=g, o=o)
+    return window_dataset(ckpt, ds, date, days, internals, float(y.cpu().numpy()[0]))
+
+
+def continuous_forward(model, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Internals of one sequence ``x`` (1, T, n_in) and the prediction of every day: ``(h, c, i, f, g, o, y)``
+    with states ``(1, T, L, H)`` and ``y`` (T,) normalised."""
     from xaiscope.core.states import lstm_internals
+
+    internals = lstm_internals(model.lstm, x)
+    with torch.inference_mode():
+        y = model.head(internals.h[0, :, -1]).squeeze(-1)
+    return (*(getattr(internals, name) for name in ("h", "c", "i", "f", "g", "o")), y)
+
+
+def continuous_states(ckpt: Checkpoint, ds: xr.Dataset, start=None, end=None, device=None,
+                      run=None) -> xr.Dataset:
+    """Internals over the whole record (or ``start``..``end``) in one pass from a zero initial state.
+
+    ``run(x) -> (h, c, i, f, g, o, y)`` (``x`` a CPU tensor (1, T, n_in); results as :func:`continuous_forward`,
+    tensors or arrays) replaces the model call, e.g. the shared engine's; ``device`` is then unused.
+    """
+    from types import SimpleNamespace
 
     sub = ds.sel(time=slice(start, end))
     if sub.sizes["time"] == 0:
         raise XaiscopeError(f"no data between {start} and {end}.")
     x = torch.from_numpy(normalised_inputs(ckpt, sub))[None]
-    dev = _device(device)
-    model = ckpt.model.to(dev)
-    internals = lstm_internals(model.lstm, x.to(dev))
-    with torch.inference_mode():
-        y = model.head(internals.h[0, :, -1]).squeeze(-1).cpu().numpy()
+    if run is None:
+        dev = _device(device)
+        model = ckpt.model.to(dev)
+
+        def run(x):
+            return continuous_forward(model, x.to(dev))
+    h, c, i, f, g, o, y = run(x)
+    y = y.cpu().numpy() if torch.is_tensor(y) else np.asarray(y)
+    internals = SimpleNamespace(h=h, c=c, i=i, f=f, g=g, o=o)
     out = _internals_dataset(internals, sub.time.values, ckpt, {
         "mode": "continuous", "start": str(pd.Timestamp(sub.time.values[0]).date()),
         "end": str(pd.Timestamp(sub.time.values[-1]).date()),
@@ -265,10 +310,10 @@ def _read_full_simulation(ckpt: Checkpoint, key: str) -> np.ndarray | None:
 
 
 def save_full_simulation(ckpt: Checkpoint, ds: xr.Dataset, directory: str | Path | None = None,
-                         device=None) -> Path:
+                         device=None, predict=None) -> Path:
     """Simulate the whole record and store it (default: the user cache; or ``directory``, e.g. to ship it)."""
     key = data_key(ckpt, ds)
-    sim = simulate(ckpt, ds, device=device, cache=False)
+    sim = simulate(ckpt, ds, device=device, cache=False, predict=predict)
     out = (Path(directory) if directory else cache_dir() / "simulations") / _simulation_files(ckpt, key)[-1].name
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
@@ -279,13 +324,15 @@ def save_full_simulation(ckpt: Checkpoint, ds: xr.Dataset, directory: str | Path
 
 
 def simulate(ckpt: Checkpoint, ds: xr.Dataset, start=None, end=None, device=None,
-             batch_size: int = 2048, cache: bool = True, progress=None) -> xr.DataArray:
+             batch_size: int = 2048, cache: bool = True, progress=None, predict=None) -> xr.DataArray:
     """Each day's discharge predicted from its own ``window``-day input sequence (as in training).
 
     Days in ``start``..``end`` without a full window of inputs before them are NaN. With ``cache``, a stored
     full-record simulation of the same checkpoint (sha256) and inputs (:func:`data_key`) is used when there is one
     (shipped beside the weights or in :func:`cache_dir`), and a computed full record is stored there.
-    ``progress(fraction)`` is called after each batch.
+    ``progress(fraction)`` is called after each batch. ``predict(windows) -> (B,)`` (windows ``(B, window, n_in)``
+    float32 NumPy, normalised; result normalised) replaces the model call, e.g. the shared engine's batched,
+    out-of-memory-safe forward (:meth:`xaiscope.core.engine.Engine.predictor`); ``device`` is then unused.
     """
     from numpy.lib.stride_tricks import sliding_window_view
 
@@ -310,7 +357,7 @@ def simulate(ckpt: Checkpoint, ds: xr.Dataset, start=None, end=None, device=None
             return wrap(full[lo:hi])
         if lo == 0 and hi == len(times):
             try:
-                save_full_simulation(ckpt, ds, device=device)
+                save_full_simulation(ckpt, ds, device=device, predict=predict)
                 full = _read_full_simulation(ckpt, key)
             except OSError:  # read-only home: compute without storing
                 full = None
@@ -324,16 +371,19 @@ def simulate(ckpt: Checkpoint, ds: xr.Dataset, start=None, end=None, device=None
     first = max(lo, n - 1)
     if first < hi:
         windows = sliding_window_view(x_all, n, axis=0)  # (T-n+1, n_in, n)
-        dev = _device(device)
-        model = ckpt.model.to(dev).eval()
+        if predict is None:
+            dev = _device(device)
+            model = ckpt.model.to(dev).eval()
+
+            def predict(arr):
+                with torch.inference_mode():
+                    return model(torch.from_numpy(arr).to(dev)).reshape(-1).cpu().numpy()
         preds = []
-        with torch.inference_mode():
-            for b in range(first, hi, batch_size):
-                e = min(b + batch_size, hi)
-                xb = torch.from_numpy(windows[b - n + 1: e - n + 1].transpose(0, 2, 1).copy())
-                preds.append(model(xb.to(dev)).reshape(-1).cpu().numpy())
-                if progress:
-                    progress((e - first) / (hi - first))
+        for b in range(first, hi, batch_size):
+            e = min(b + batch_size, hi)
+            preds.append(np.asarray(predict(windows[b - n + 1: e - n + 1].transpose(0, 2, 1).copy())).reshape(-1))
+            if progress:
+                progress((e - first) / (hi - first))
         out[first - lo:] = _denormalise(ckpt, np.concatenate(preds))
     return wrap(out)
 

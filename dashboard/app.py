@@ -20,6 +20,7 @@ from typing import Sequence
 import panel as pn
 import param
 
+from xaiscope.dashboard.about import about_card
 from xaiscope.dashboard.cellstate import CellStateExplorer
 from xaiscope.dashboard.registry import VIEWS, register_view
 from xaiscope.dashboard.state import AppState
@@ -173,6 +174,7 @@ def create_app(checkpoints: Sequence | None = None, data: Sequence | None = None
         pn.pane.Markdown(
             "<small>Everything runs on this machine; the page fetches nothing from the internet. "
             "The address bar keeps the view, basin, day and selected cells: copy it to share the picture.</small>"),
+        about_card(roots=state.allowed_roots.describe()),
     ]
     template = pn.template.BootstrapTemplate(
         title="xaiscope — inside geoscience neural networks",

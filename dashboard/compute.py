@@ -1,7 +1,9 @@
 """The numbers behind the cell-state view, cached on simple keys (checkpoint sha256, dataset key, date, mode).
 
 Pure numpy/pandas/xarray on top of :mod:`xaiscope.core.hydro` and :mod:`xaiscope.core.analysis`; no Panel,
-so the view's state logic is testable without a server.
+so the view's state logic is testable without a server. Model work (windows, the continuous pass, the
+simulation) goes through the shared engine (:func:`xaiscope.core.engine.get_engine`): one model copy per
+checkpoint for all sessions, windows of concurrent sessions batched, results in the engine's byte-bounded cache.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import xarray as xr
 
 from xaiscope.core import analysis, hydro
 from xaiscope.core.checkpoint import Checkpoint
-from xaiscope.dashboard.sources import LRUCache
+from xaiscope.core.engine import NamespacedCache, get_engine
 
 GATES = hydro.STATE_NAMES  # c, h, i, f, g, o
 GATE_LABELS = {
@@ -39,14 +41,14 @@ PHYSICAL = {
 WEIGHT_GATES = ("i", "f", "g", "o")
 MAX_LAG = 30
 
-_WINDOWS = LRUCache(maxsize=512)
-_RECORDS = LRUCache(maxsize=16)
-_HEAVY = LRUCache(maxsize=64)
+# views of the engine's result cache (one memory bound for everything the sessions computed)
+_RECORDS = NamespacedCache("cellstate.record")
+_HEAVY = NamespacedCache("cellstate.heavy")
 
 
 def clear_caches() -> None:
-    for cache in (_WINDOWS, _RECORDS, _HEAVY):
-        cache.clear()
+    """Drop every cached result of the engine (windows, passes, simulations, tables)."""
+    get_engine().cache.clear()
 
 
 def record_frame(ds: xr.Dataset, data_key: str) -> pd.DataFrame:
@@ -82,34 +84,28 @@ def first_window_day(ckpt: Checkpoint, ds: xr.Dataset) -> pd.Timestamp:
 
 
 def window(ckpt: Checkpoint, ds: xr.Dataset, data_key: str, date, device=None) -> xr.Dataset:
-    """:func:`hydro.window_states` for ``date``, cached on (sha256, data, date)."""
-    date = pd.Timestamp(date).normalize()
-    return _WINDOWS.get_or_compute(
-        (ckpt.sha256, data_key, date.value, str(device)),
-        lambda: hydro.window_states(ckpt, ds, date, device=device),
-    )
+    """:func:`hydro.window_states` for ``date`` through the engine (batched with other sessions' requests),
+    cached on (sha256, data, date, device)."""
+    return get_engine().window_states(ckpt, ds, pd.Timestamp(date).normalize(), data_key=data_key, device=device)
 
 
 def prefetch_windows(ckpt: Checkpoint, ds: xr.Dataset, data_key: str, dates, device=None) -> int:
-    """Fill the window cache for ``dates`` (run in a background thread); returns how many were computed."""
-    n = 0
-    for d in dates:
-        key = (ckpt.sha256, data_key, pd.Timestamp(d).normalize().value, str(device))
-        if key not in _WINDOWS:
-            try:
-                window(ckpt, ds, data_key, d, device)
-                n += 1
-            except Exception:  # noqa: BLE001 - a prefetch failure only costs a cache miss later
-                return n
-    return n
+    """Fill the window cache for ``dates`` (run in a background thread; the missing days go to the engine
+    together, as one batch); returns how many were computed."""
+    engine = get_engine()
+    missing = [d for d in dates if not engine.has_window(ckpt, data_key, d, device)]
+    if not missing:
+        return 0
+    try:
+        engine.window_states_many(ckpt, ds, missing, data_key, device)
+    except Exception:  # noqa: BLE001 - a prefetch failure only costs a cache miss later
+        return 0
+    return len(missing)
 
 
 def continuous(ckpt: Checkpoint, ds: xr.Dataset, data_key: str, device=None) -> xr.Dataset:
-    """:func:`hydro.continuous_states` over the whole record, cached on (sha256, data)."""
-    return _HEAVY.get_or_compute(
-        ("continuous", ckpt.sha256, data_key, str(device)),
-        lambda: hydro.continuous_states(ckpt, ds, device=device),
-    )
+    """:func:`hydro.continuous_states` over the whole record through the engine, cached on (sha256, data)."""
+    return get_engine().continuous_states(ckpt, ds, data_key=data_key, device=device)
 
 
 def simulation(ckpt: Checkpoint, ds: xr.Dataset, data_key: str, device=None, chunk_days: int = 1461,
@@ -119,13 +115,15 @@ def simulation(ckpt: Checkpoint, ds: xr.Dataset, data_key: str, device=None, chu
     The record is simulated in chunks of ``chunk_days``; ``on_chunk(done_fraction, last_day)`` reports progress.
     """
 
+    engine = get_engine()
+
     def build():
         times = pd.DatetimeIndex(ds["time"].values)
         parts = []
         starts = list(range(0, len(times), chunk_days))
         for k, lo in enumerate(starts):
             hi = min(lo + chunk_days, len(times)) - 1
-            q = hydro.simulate(ckpt, ds, start=times[lo], end=times[hi], device=device)
+            q = engine.simulate(ckpt, ds, start=times[lo], end=times[hi], device=device)
             parts.append(pd.Series(np.asarray(q.values, dtype=np.float64), index=pd.DatetimeIndex(q["time"].values)))
             if on_chunk is not None:
                 on_chunk((k + 1) / len(starts), times[hi])

@@ -15,6 +15,7 @@ import param
 import xarray as xr
 
 from xaiscope.core.checkpoint import Checkpoint
+from xaiscope.core.engine import get_engine
 from xaiscope.core.errors import USER_ERRORS, XaiscopeError
 from xaiscope.core.paths import AllowedRoots
 from xaiscope.dashboard.sources import (
@@ -202,6 +203,8 @@ class AppState(param.Parameterized):
                         "file), or add one in the sidebar."
                     )
                 ckpt = item if isinstance(item, Checkpoint) else load_hydro(item)
+                # one copy per weights sha256 for every session of this process (see xaiscope.core.engine)
+                ckpt = get_engine().share(ckpt)
                 if not hasattr(ckpt.model, "lstm"):
                     raise XaiscopeError(
                         f"{ckpt.path}: model kind {ckpt.kind!r} has no LSTM; the cell-state view needs a "

@@ -57,7 +57,7 @@ METHOD_LABELS = {
 #: Per model kind: the default method and layers (cheap to compute, exact where possible).
 DEFAULTS = {"sst_qoi_mlp": ("last_layer", []), "hydro_lstm": ("last_layer", []),
             "enso_convlstm": ("exact", ["map_head", "nino_head", "phase_head"])}
-AUTO_SECONDS = 60.0      # a missing store estimated to take longer waits for the user's go
+AUTO_SECONDS = 120.0     # a missing store estimated to take longer waits for the user's go
 LARGE = 3000             # more training examples than this: the self-influence plot is rasterized
 DIAG_SECONDS = 8.0       # time budget for the test embeddings of the diagnostics
 DIAG_MAX = 64
@@ -658,15 +658,22 @@ class TracInExplorer(pn.viewable.Viewer):
     # ------------------------------------------------------------------------------ elements
     def _hydro_element(self, split, i, small=False, title="", empty=False):
         df = self.hydro_window(split, i)
-        if empty:
-            df = df.iloc[-1:] * np.nan
+        if empty:  # same plot, no data: the test example's dates, NaN values
+            df = self.hydro_window("test", self.test_index) * np.nan
+        end = hv.VLine(df.index[-1]).opts(color="black", line_dash="dashed", line_width=1)
+        if small:  # hyetograph hanging from the top over the hydrograph, both scaled to the panel; no axes
+            p = df["prcp"].values / max(np.nanmax(df["prcp"].values), 1e-9) if not empty else df["prcp"].values
+            q = df["qobs"].values / max(np.nanmax(df["qobs"].values), 1e-9) if not empty else df["qobs"].values
+            rain = hv.Area((df.index, 1.0 - 0.45 * p, np.ones(len(p))), "time", ["prcp_bottom", "prcp_top"]).opts(
+                color="#6baed6", alpha=0.7, line_width=0)
+            flow = hv.Curve((df.index, 0.85 * q), "time", "qobs_scaled").opts(color="#08519c", line_width=1)
+            return (rain * flow * end).opts(title=title, xaxis=None, yaxis=None, show_legend=False,
+                                            ylim=(0, 1.02))
         q = hv.Curve((df.index, df["qobs"]), "time", ("qobs", "discharge (mm/day)")).opts(
-            color="#08519c", line_width=1 if small else 1.5)
+            color="#08519c", line_width=1.5)
         p = hv.Area((df.index, df["prcp"]), "time", ("prcp", "precipitation (mm/day)")).opts(
             color="#6baed6", alpha=0.5, line_width=0)
-        end = hv.VLine(df.index[-1]).opts(color="black", line_dash="dashed", line_width=1)
-        return (p * q * end).opts(multi_y=True, title=title, xlabel="" if small else "time",
-                                  show_legend=False)
+        return (p * q * end).opts(multi_y=True, title=title, xlabel="time", show_legend=False)
 
     def _map_element(self, split, i, small=False, title="", empty=False):
         da = self.example_map(split, i)
@@ -699,7 +706,7 @@ class TracInExplorer(pn.viewable.Viewer):
         sc = self.topk.proponent_scores if role == "proponent" else self.topk.opponent_scores
         i = int(ids[j])
         return self.example_element("train", i, small=True,
-                                    title=f"{j + 1}. {self.train_labels[i]}  {sc[j]:+.3g}")
+                                    title=f"{j + 1}. {self.train_labels[i]} ({sc[j]:+.2g})")
 
     def pick_base(self):
         """The series a test example is picked from (static): discharge of the test period (hydro), the QoI of
@@ -841,7 +848,7 @@ class TracInExplorer(pn.viewable.Viewer):
                 dm = self._dmap(lambda role=role, j=j, **kw: self.thumb_element(role, j), ["version"])
                 tap = hv.streams.Tap(source=dm)
                 tap.add_subscriber(lambda x=None, y=None, role=role, j=j, **_: self._open_thumb(role, j))
-                el = dm.opts(height=150, width=220, toolbar=None, tools=["tap"])
+                el = dm.opts(height=130, width=175, toolbar=None, tools=["tap"], fontsize={"title": "9pt"})
                 panes.append(pn.pane.HoloViews(el, linked_axes=False))
             label = "Proponents (training lowered the test loss)" if role == "proponent" else \
                 "Opponents (training raised the test loss)"
@@ -868,8 +875,11 @@ class TracInExplorer(pn.viewable.Viewer):
         big = dict(responsive=True, height=330 if self.kind == "hydro_lstm" else 300)
         test_big = self._dmap(lambda **_: self.example_element("test", self.test_index), ["test"])
         sel_big = self._dmap(lambda **_: self.example_element("train", self.selected_index), ["selected"])
-        if self.kind != "hydro_lstm":
-            test_big, sel_big = test_big * coast_path(), sel_big * coast_path()
+        if self.kind != "hydro_lstm":  # coastlines, the view limited to the data's grid
+            lat, lon = self.ctx.extra["lat"], self.ctx.extra["lon"]
+            dx, dy = (lon[1] - lon[0]) / 2, (lat[1] - lat[0]) / 2
+            lims = dict(xlim=(lon[0] - 180 - dx, lon[-1] - 180 + dx), ylim=(lat[0] - dy, lat[-1] + dy))
+            test_big, sel_big = (test_big * coast_path()).opts(**lims), (sel_big * coast_path()).opts(**lims)
         test_big, sel_big = test_big.opts(**big), sel_big.opts(**big)
         pts = self._dmap(self.self_influence_points, ["store_version"])
         if len(self.ctx.train) > LARGE:
@@ -915,13 +925,15 @@ class TracInExplorer(pn.viewable.Viewer):
         self._dim_w = pn.widgets.IntInput.from_param(self.param.dim, name="Projection dimension", width=160)
         self._seed_w = pn.widgets.IntInput.from_param(self.param.seed, name="Projection seed", width=160)
         k_w = pn.widgets.IntSlider.from_param(self.param.k, name="Top k", width=200)
-        cols = [{"title": c, "field": c} for c in ("rank", "example", "score", "train_loss", "self_influence")]
         empty = pd.DataFrame(columns=["rank", "example", "score", "train_loss", "self_influence"])
-        tab = dict(disabled=True, show_index=False, selectable=1, height=260, sizing_mode="stretch_width",
-                   formatters={"score": {"type": "money", "precision": 6}})
+        from bokeh.models.widgets.tables import NumberFormatter
+
+        fmt = NumberFormatter(format="0.000000")
+        tab = dict(disabled=True, show_index=False, selectable=1, sizing_mode="stretch_width",
+                   formatters={"score": NumberFormatter(format="+0.000000"), "train_loss": fmt,
+                               "self_influence": fmt})
         self._prop_t = pn.widgets.Tabulator(empty.copy(), **tab)
         self._opp_t = pn.widgets.Tabulator(empty.copy(), **tab)
-        del cols
         for t in (self._prop_t, self._opp_t):
             t.on_click(lambda e, t=t: self._open_row(t, e.row))
         self._pick_box = pn.Column(sizing_mode="stretch_width")

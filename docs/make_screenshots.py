@@ -37,6 +37,23 @@ def wait_until_done(page, needle: str) -> None:
     page.wait_for_selector("text=Ridge probe, all", state="attached", timeout=600_000)
     page.wait_for_timeout(1500)
 
+def tracin_screenshot(page, url: str, out: Path) -> None:
+    """The TracIn view on the SST-QoI lag-3 series: a test month, its proponents and opponents, one opened."""
+    from browser_utils import TITLES_JS
+
+    has = "(t) => { const f = " + TITLES_JS + "; return f().some(s => s.includes(t)); }"
+    out.mkdir(parents=True, exist_ok=True)
+    page.goto(url + "?view=tracin&model=sst_qoi_lag03&test=2016-02", timeout=300_000)
+    page.wait_for_function(has, arg="test 2016-02", timeout=300_000)
+    page.wait_for_function(has, arg="1. ", timeout=300_000)
+    row = page.locator(".tabulator-row").first
+    name = row.locator("[tabulator-field=example]").inner_text()
+    row.locator("[tabulator-field=example]").click()
+    page.wait_for_function(has, arg=f"training {name}", timeout=60_000)
+    page.wait_for_timeout(2000)
+    save(page, out / "08_tracin.png")
+
+
 STATES = [
     ("01_window_snow_cell", "?mode=window&date=2009-03-15", "window ending 2009-03-15"),
     ("02_continuous", "?mode=continuous&date=2009-03-15", "whole record, day 2009-03-15"),
@@ -92,6 +109,7 @@ def main(argv=None) -> int:
                 page.get_by_text("Gate input weights").first.click()
                 page.wait_for_timeout(2000)
                 save(page, out / "05_gate_weights.png")
+                tracin_screenshot(page, url, out)
                 page.goto(url + f"?checkpoint={broken.name}", timeout=300_000)
                 page.get_by_text("not a readable safetensors file").first.wait_for(timeout=60_000)
                 page.wait_for_timeout(1000)

@@ -240,8 +240,11 @@ def test_hydro_windows_are_the_basin_data(cache):
     assert len(w) == 365 and w.index[-1] == pd.Timestamp(v.ctx.train.index[i])
     np.testing.assert_allclose(w["prcp"].values, ds["prcp"].sel(time=w.index).values, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(w["qobs"].values, ds["qobs"].sel(time=w.index).values, equal_nan=True)
-    el = v.thumb_element("proponent", 0)
+    el = v.example_element("train", i)
     np.testing.assert_allclose(el.get(0).dimension_values(1), w["prcp"].values)
+    thumb = v.thumb_element("proponent", 0)  # the hyetograph hangs from the top: depth ∝ precipitation
+    depth = 1 - thumb.get(0).dimension_values(1)
+    np.testing.assert_allclose(depth, 0.45 * w["prcp"].values / w["prcp"].max(), atol=1e-9)
 
 
 # ------------------------------------------------------------------------------------------------ browser

@@ -22,6 +22,7 @@ flags); ``Engine(settings)`` builds a private one (tests, benchmarks). No Panel 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import os
@@ -571,7 +572,9 @@ class Engine:
             if use_tf32 and entry.tf32_ok is None:
                 entry.tf32_ok = self._check_tf32(entry, on_device, x[: min(limit, 256)], tf32)
                 use_tf32 = entry.tf32_ok
-            with (tf32_math() if use_tf32 else exact_math()):
+            precision = (contextlib.nullcontext() if dev.type == "cpu"  # no TF32 on a CPU: leave the switches
+                         else tf32_math() if use_tf32 else exact_math())
+            with precision:
                 out, used = run_in_batches(on_device, x, limit, device=dev, cpu_fn=on_cpu, notes=notes, what=what)
         finally:
             if lock is not None:

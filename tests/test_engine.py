@@ -368,3 +368,25 @@ def test_about_lists_settings_models_cache_and_notes(ckpt_dir, small_synthetic_d
     for part in (ckpt.sha256[:12], "device in use: `cpu`", "of 64 MB", "a test note", "torch", "panel", "bokeh",
                  "/data", "1 requests in 1 batches"):
         assert part in text, part
+
+
+def test_about_card_fills_in_when_opened(ckpt_dir, small_synthetic_ds, process_engine):
+    from xaiscope.dashboard.about import about_card
+
+    ckpt = process_engine.share(hydro.load_hydro(ckpt_dir))
+    process_engine.window_states(ckpt, small_synthetic_ds, _days(small_synthetic_ds, 1)[0], data_key="k")
+    card = about_card(roots="/srv/data")
+    text = card.objects[0]
+    assert card.title == "About this server" and card.collapsed and text.object == ""
+    card.collapsed = False
+    assert ckpt.sha256[:12] in text.object and "/srv/data" in text.object
+
+
+def test_app_sidebar_has_the_about_card(ckpt_dir, small_synthetic_ds, process_engine):
+    import panel as pn
+
+    from xaiscope.dashboard.app import create_app
+
+    page = create_app(checkpoints=[str(ckpt_dir)], data=[small_synthetic_ds])
+    cards = [o for o in page.sidebar.objects if isinstance(o, pn.Card)]
+    assert [c.title for c in cards] == ["About this server"]

@@ -85,6 +85,8 @@ PROJECTIONS = {
                      lambda: ccrs.Orthographic(central_longitude=-160, central_latitude=0)),
 }
 PIXELS = 288  # width of a projected map's look-up table in pixels (4 per 5° cell at the equator)
+# the globe shows half the longitudes: fewer pixels give the same 4-5 per cell in its centre
+WIDTHS = {"orthographic": 180}
 
 
 def default_checkpoint() -> Path:
@@ -185,13 +187,14 @@ class ProjectedGrid:
 
 
 @lru_cache(maxsize=16)
-def projected_grid(key: str, lat: tuple, lon: tuple, width: int = PIXELS) -> ProjectedGrid:
+def projected_grid(key: str, lat: tuple, lon: tuple, width: int | None = None) -> ProjectedGrid:
     """The look-up table of projection ``key`` for a regular lat/lon grid (cell centres ``lat``, ``lon`` in
     degrees; longitudes may wrap). Pixels outside the projection's domain or the data's latitudes get -1; the
     frame is cropped to the pixels that show data. Computed once per projection and grid (cached)."""
     import shapely
 
     crs = projection_crs(key)
+    width = width or WIDTHS.get(key, PIXELS)
     lat, lon = np.asarray(lat, float), np.asarray(lon, float)
     (x0, x1), (y0, y1) = crs.x_limits, crs.y_limits
     height = max(2, int(round(width * (y1 - y0) / (x1 - x0))))
@@ -1017,8 +1020,8 @@ class EnsoExplorer(pn.viewable.Viewer):
                                              clipping_colors={"NaN": "transparent"})
         x0, x1, y0, y1 = g.extent
         return (dmap * land * ov["coast"] * ov["box"] * ov["outline"]).opts(
-            responsive=True, aspect=(x1 - x0) / (y1 - y0), xaxis=None, yaxis=None, xlim=(x0, x1), ylim=(y0, y1),
-            show_grid=False, framewise=True, min_height=height // 2)
+            responsive=True, height=height + 40, data_aspect=1, xaxis=None, yaxis=None, xlim=(x0, x1),
+            ylim=(y0, y1), show_grid=False, framewise=True)
 
     def __panel__(self):
         if self._root is None:

@@ -321,7 +321,7 @@ def test_projection_switch_reprojects_maps(view, ds):
         px, py = tr.transform(np.where(LON > 180, LON - 360, LON), LAT)
         ok = np.isfinite(px) & np.isfinite(py) & (LON != 0)  # the 0° cell is split by the frame's seam
         if key == "orthographic":
-            ok &= np.abs(((LON - 200 + 180) % 360) - 180) < 80  # the visible hemisphere, off the limb
+            ok &= np.abs(((LON - 200 + 180) % 360) - 180) < 70  # the visible hemisphere, off the limb
         jx = np.abs(px[ok][:, None] - xs[None]).argmin(1)
         iy = np.abs(py[ok][:, None] - ys[None]).argmin(1)
         shown = img[iy, jx]

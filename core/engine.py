@@ -3,7 +3,7 @@
 Views never call models themselves; they ask the engine, which
 
 * keeps **one copy of each model** per (checkpoint sha256, device): two sessions that open the same checkpoint
-  (even from two paths) get the identical :class:`~xaiscope.core.checkpoint.Checkpoint` and model object;
+  (even from two paths) get the identical model object (:meth:`Engine.share`);
 * runs everything under ``torch.inference_mode`` with the device policy of :mod:`xaiscope.core.device`
   (exact float32 internals; TF32 only where :data:`~xaiscope.core.device.TF32_OPS` allows it);
 * **micro-batches** requests of the same shape for the same model from concurrent sessions: the cell-state
@@ -458,7 +458,7 @@ class Engine:
         self.cache = ResultCache(int(self.settings.cache_mb * 1e6))
         self.batcher = MicroBatcher(self._run_batch, self.settings.max_batch, self.settings.max_wait_ms / 1e3)
         self._lock = threading.RLock()
-        self._checkpoints: dict[str, Checkpoint] = {}  # sha256 -> the shared checkpoint
+        self._checkpoints: dict[str, Checkpoint] = {}  # model key -> the first checkpoint (its model is shared)
         self._by_path: dict[tuple, Checkpoint] = {}  # (path, mtime) -> loaded checkpoint
         self._models: dict[tuple[str, str], ModelEntry] = {}
         self._device_locks: dict[str, threading.Lock] = {}
@@ -491,18 +491,37 @@ class Engine:
             return self._device_locks.setdefault(str(device), threading.Lock())
 
     # -------------------------------------------------------------------------------------------- models
-    def share(self, ckpt: Checkpoint) -> Checkpoint:
-        """The process's shared copy of ``ckpt`` (the first one opened with this weights sha256)."""
+    @staticmethod
+    def model_key(ckpt: Checkpoint) -> str | None:
+        """What identifies a model copy: the weights' sha256 and the model kind and configuration."""
         if not ckpt.sha256:
+            return None
+        import hashlib
+        import json
+
+        spec = json.dumps([ckpt.manifest.get("kind"), ckpt.manifest.get("config")], sort_keys=True, default=str)
+        return f"{ckpt.sha256}:{hashlib.sha256(spec.encode()).hexdigest()[:12]}"
+
+    def share(self, ckpt: Checkpoint) -> Checkpoint:
+        """``ckpt`` holding the process's one model object for its weights (sha256) and configuration.
+
+        The first checkpoint opened with these weights keeps its model; any later one (another session, another
+        path with the same weights) gets that model object instead of its own copy, which is then freed. The
+        :class:`Checkpoint` itself (path, manifest, files) stays the caller's. Returns ``ckpt``.
+        """
+        key = self.model_key(ckpt)
+        if key is None:
             return ckpt
         with self._lock:
-            shared = self._checkpoints.setdefault(ckpt.sha256, ckpt)
-            if shared is ckpt:
+            canonical = self._checkpoints.setdefault(key, ckpt)
+            if canonical is ckpt:
                 ckpt.model.eval()
-            return shared
+            elif ckpt.model is not canonical.model:
+                ckpt.model = canonical.model
+        return ckpt
 
     def open_checkpoint(self, path) -> Checkpoint:
-        """Load a checkpoint (cached by path and modification time) and return the shared copy."""
+        """Load a checkpoint (cached by path and modification time) holding the shared model."""
         from pathlib import Path
 
         from xaiscope.core.checkpoint import load_checkpoint
@@ -523,7 +542,7 @@ class Engine:
         """The engine's copy of ``ckpt``'s model on ``device`` (one per sha256 and device)."""
         ckpt = self.share(ckpt)
         dev = self.device(device)
-        key = (ckpt.sha256 or f"id:{id(ckpt)}", str(dev))
+        key = (self.model_key(ckpt) or f"id:{id(ckpt)}", str(dev))
         with self._lock:
             found = self._models.get(key)
             if found is not None:
@@ -650,7 +669,7 @@ class Engine:
 
     @staticmethod
     def _group(ckpt: Checkpoint, dev: torch.device, x: np.ndarray) -> tuple:
-        return ("window", ckpt.sha256 or id(ckpt), str(dev), tuple(x.shape))
+        return ("window", Engine.model_key(ckpt) or id(ckpt), str(dev), tuple(x.shape))
 
     def _window_now(self, ckpt, ds, date, dev) -> xr.Dataset:
         from xaiscope.core import hydro

@@ -35,11 +35,15 @@ STATE_LONG_NAMES = {
 # --------------------------------------------------------------------------------------------- loading
 @functools.lru_cache(maxsize=16)
 def _load_cached(path: str, mtime: float) -> Checkpoint:
-    return load_checkpoint(path)
+    from xaiscope.core.engine import get_engine
+
+    # the process's one copy per weights sha256 (another path with the same weights gives the same object)
+    return get_engine().share(load_checkpoint(path))
 
 
 def load_hydro(path: str | Path) -> Checkpoint:
-    """Load a hydrology checkpoint (cached by path and modification time)."""
+    """Load a hydrology checkpoint (cached by path and modification time; shared through the engine, so every
+    path holding the same weights gives the same :class:`Checkpoint` and model object)."""
     path = Path(path).expanduser().resolve()
     if not path.exists():
         raise XaiscopeError(f"{path}: no such checkpoint; give a checkpoint folder or file (see `xaiscope train hydro`).")

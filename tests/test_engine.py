@@ -196,7 +196,8 @@ def test_two_sessions_share_one_model_copy(ckpt_dir, tmp_path, small_synthetic_d
     a = AppState(checkpoints=[str(ckpt_dir)], data=[small_synthetic_ds])
     b = AppState(checkpoints=[str(copy_dir)], data=[small_synthetic_ds])
     assert a.error == "" and b.error == ""
-    assert a.ckpt is b.ckpt and a.ckpt.model is b.ckpt.model
+    assert a.ckpt.model is b.ckpt.model and a.ckpt.path != b.ckpt.path  # one model; each keeps its own path
+    assert AppState(checkpoints=[str(ckpt_dir)], data=[small_synthetic_ds]).ckpt is a.ckpt
     from xaiscope.dashboard import compute
 
     for st in (a, b):
@@ -205,6 +206,13 @@ def test_two_sessions_share_one_model_copy(ckpt_dir, tmp_path, small_synthetic_d
     assert info["checkpoints"] == 1 and len(info["models"]) == 1
     assert info["models"][0]["sha256"] == a.ckpt.sha256
     assert process_engine.model(hydro.load_hydro(copy_dir)) is a.ckpt.model
+    import gc
+
+    gc.collect()
+    weight = a.ckpt.model.lstm.weight_ih_l0
+    live = [o for o in gc.get_objects() if isinstance(o, HydroLSTM) and o.lstm.weight_ih_l0.shape == weight.shape
+            and torch.equal(o.lstm.weight_ih_l0, weight)]
+    assert len(live) == 1  # the process holds one copy of these weights
 
 
 # -------------------------------------------------------------------------------- batched == unbatched
@@ -319,7 +327,7 @@ def test_engine_simulation_survives_out_of_memory(ckpt_dir, small_synthetic_ds, 
     ds = small_synthetic_ds
     ckpt = hydro.load_hydro(ckpt_dir)
     fake_dev = torch.device("meta")
-    key = (ckpt.sha256, str(fake_dev))
+    key = (engine.model_key(ckpt), str(fake_dev))
     fake = FakeOOM(ckpt.model, limit=0)
     engine._models[key] = ModelEntry(ckpt.sha256, fake_dev, fake, engine.share(ckpt))
     sim = engine.simulate(ckpt, ds, device=fake_dev, batch_size=300, cache=False)
@@ -328,7 +336,7 @@ def test_engine_simulation_survives_out_of_memory(ckpt_dir, small_synthetic_ds, 
     assert any("continued on the CPU" in n for n in engine.notes)
     assert engine._models[key].batch_limit == 1  # later requests start small on that device
     # CPU: smaller batches only
-    engine._models[(ckpt.sha256, "cpu")].model = FakeOOM(ckpt.model, limit=50)
+    engine._models[(engine.model_key(ckpt), "cpu")].model = FakeOOM(ckpt.model, limit=50)
     sim2 = engine.simulate(ckpt, ds, device="cpu", batch_size=300, cache=False)
     np.testing.assert_allclose(sim2.values, ref.values, rtol=1e-6, atol=1e-6, equal_nan=True)
 

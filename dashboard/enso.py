@@ -681,7 +681,7 @@ class EnsoExplorer(pn.viewable.Viewer):
         try:
             hc = compute_hindcast(ckpt, ds, first_start, progress=progress)
         except Exception as err:  # noqa: BLE001
-            self._on_doc(lambda: (self._fail(err), self._show_root()))
+            self._on_doc(lambda e=err: (self._fail(e), self._show_root()))  # bound now: `err` is cleared
             return
         self._on_doc(lambda: (self._set_hindcast(hc), self._show_root()))
 

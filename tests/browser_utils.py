@@ -40,8 +40,12 @@ SERVER_CODE = textwrap.dedent("""
 
 @contextlib.contextmanager
 def served_app(checkpoints=(), data=(), port: int | None = None, timeout: float = 120.0, log_path=None,
-               env: dict | None = None):
-    """Run ``xaiscope.dashboard.app.serve`` in a subprocess; yield ``(url, process, log_file_path)``."""
+               env: dict | None = None, code: str | None = None):
+    """Run ``xaiscope.dashboard.app.serve`` in a subprocess; yield ``(url, process, log_file_path)``.
+
+    ``code``: the server's Python source instead of :data:`SERVER_CODE` (it gets the same JSON options as
+    ``sys.argv[1]``), e.g. with measuring hooks around ``serve``.
+    """
     import json
     import tempfile
 
@@ -50,7 +54,7 @@ def served_app(checkpoints=(), data=(), port: int | None = None, timeout: float 
             "data": [str(d) for d in data], "show": False}
     log_path = Path(log_path or tempfile.mkstemp(prefix="xaiscope-serve-", suffix=".log")[1])
     fh = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-c", SERVER_CODE, json.dumps(opts)], stdout=fh,
+    proc = subprocess.Popen([sys.executable, "-c", code or SERVER_CODE, json.dumps(opts)], stdout=fh,
                             stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}/"
     try:

@@ -819,8 +819,10 @@ class TracInExplorer(pn.viewable.Viewer):
             return
         df = self.ranked_frame()
         cols = ["rank", "example", "score", "train_loss", "self_influence"]
-        self._prop_t.value = df[df.role == "proponent"][cols].reset_index(drop=True)
-        self._opp_t.value = df[df.role == "opponent"][cols].reset_index(drop=True)
+        for t, role in ((self._prop_t, "proponent"), (self._opp_t, "opponent")):
+            # new rows, no row selected: a click on any row (the first too) opens that example
+            rows = df[df.role == role][cols].reset_index(drop=True)
+            t.param.update(value=rows, selection=[], height=50 + 40 * max(len(rows), 1))
         self._update_diag()
 
     def _update_diag(self) -> None:
@@ -929,13 +931,15 @@ class TracInExplorer(pn.viewable.Viewer):
         from bokeh.models.widgets.tables import NumberFormatter
 
         fmt = NumberFormatter(format="0.000000")
-        tab = dict(disabled=True, show_index=False, selectable=1, sizing_mode="stretch_width",
+        # Bokeh's own DataTable (pn.widgets.DataFrame): renders with a plain pn.extension() in a notebook
+        tab = dict(disabled=True, show_index=False, sizing_mode="stretch_width", height=190,
+                   autosize_mode="force_fit",
                    formatters={"score": NumberFormatter(format="+0.000000"), "train_loss": fmt,
                                "self_influence": fmt})
-        self._prop_t = pn.widgets.Tabulator(empty.copy(), **tab)
-        self._opp_t = pn.widgets.Tabulator(empty.copy(), **tab)
+        self._prop_t = pn.widgets.DataFrame(empty.copy(), **tab)
+        self._opp_t = pn.widgets.DataFrame(empty.copy(), **tab)
         for t in (self._prop_t, self._opp_t):
-            t.on_click(lambda e, t=t: self._open_row(t, e.row))
+            t.param.watch(lambda e, t=t: self._open_row(t, e.new[0]) if e.new else None, "selection")
         self._pick_box = pn.Column(sizing_mode="stretch_width")
         self._pair_box = pn.Row(sizing_mode="stretch_width")
         self._si_box = pn.Column(sizing_mode="stretch_width")

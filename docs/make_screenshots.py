@@ -46,9 +46,10 @@ def tracin_screenshot(page, url: str, out: Path) -> None:
     page.goto(url + "?view=tracin&model=sst_qoi_lag03&test=2016-02", timeout=300_000)
     page.wait_for_function(has, arg="test 2016-02", timeout=300_000)
     page.wait_for_function(has, arg="1. ", timeout=300_000)
-    row = page.locator(".tabulator-row").first
-    name = row.locator("[tabulator-field=example]").inner_text()
-    row.locator("[tabulator-field=example]").click()
+    cell = page.locator(".slick-row").first.locator(".slick-cell").filter(  # the example column
+        has_text=__import__("re").compile(r"^\s*\d{4}-\d{2}(-\d{2})?\s*$")).first
+    name = cell.inner_text().strip()
+    cell.click()
     page.wait_for_function(has, arg=f"training {name}", timeout=60_000)
     page.wait_for_timeout(2000)
     save(page, out / "08_tracin.png")

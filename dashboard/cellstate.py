@@ -41,11 +41,11 @@ from bokeh.models import (BasicTicker, ColorBar, ColumnDataSource, FixedTicker, 
 from bokeh.palettes import Viridis256
 from bokeh.plotting import figure
 
-from panel.io.state import set_curdoc
 
 from xaiscope.core import analysis, hydro
 from xaiscope.dashboard import compute
 from xaiscope.dashboard.bokeh_speedups import BokehSpeedups
+from xaiscope.dashboard.session import SessionClosed, doc_closed, run_in_doc
 from xaiscope.dashboard.state import AppState, describe_error
 
 log = logging.getLogger("xaiscope.dashboard")
@@ -127,10 +127,6 @@ def _empty_frame() -> pd.DataFrame:
 def _ms(times) -> np.ndarray:
     """Datetimes as float milliseconds since 1970 (what Bokeh's datetime axes use)."""
     return np.asarray(times, dtype="datetime64[ms]").astype(np.int64).astype(np.float64)
-
-
-class SessionClosed(Exception):
-    """The browser session ended while background work for it was running."""
 
 
 class CellStateExplorer(pn.viewable.Viewer):
@@ -717,33 +713,8 @@ class CellStateExplorer(pn.viewable.Viewer):
         self._progress.param.update(visible=True, active=True, value=int(100 * fraction))
         self._progress_md.param.update(object=f"**{label}** ({100 * fraction:.0f} %)", visible=True)
 
-    @staticmethod
-    def _doc_closed(doc) -> bool:
-        """Whether the browser session of ``doc`` has ended (Bokeh then tears down its callback manager)."""
-        return not hasattr(doc.callbacks, "_change_callbacks")
-
-    @classmethod
-    async def _in_doc(cls, doc, fn, *args):
-        """Run ``fn(*args)`` on the event loop with the document's lock (so that it may change Bokeh models
-        directly) and wait for it. Raises :class:`SessionClosed` when the session has ended meanwhile."""
-        if cls._doc_closed(doc):
-            raise SessionClosed()
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-
-        def call():
-            try:
-                with set_curdoc(doc):
-                    result = fn(*args)
-            except BaseException as err:  # noqa: BLE001 - handed to the awaiting coroutine
-                if not fut.done():
-                    fut.set_exception(err)
-            else:
-                if not fut.done():
-                    fut.set_result(result)
-
-        doc.add_next_tick_callback(call)
-        return await asyncio.wait_for(fut, timeout=3600)
+    _doc_closed = staticmethod(doc_closed)
+    _in_doc = staticmethod(run_in_doc)
 
     def _hide_progress(self) -> None:
         self._progress.param.update(visible=False, active=False, value=0)

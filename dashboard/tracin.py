@@ -41,7 +41,7 @@ import holoviews.plotting.bokeh  # noqa: F401
 
 from xaiscope.core import influence as I
 from xaiscope.core import influence_view as V
-from xaiscope.core.errors import XaiscopeError
+from xaiscope.dashboard.session import run_in_doc
 from xaiscope.dashboard.sources import LRUCache
 
 log = logging.getLogger("xaiscope.dashboard")
@@ -281,27 +281,7 @@ class TracInExplorer(pn.viewable.Viewer):
         doc = pn.state.curdoc
         return bool(self._background and doc is not None and doc.session_context is not None)
 
-    @staticmethod
-    async def _in_doc(doc, fn, *args):
-        """Run ``fn(*args)`` on the event loop with the document's lock and wait for it."""
-        from panel.io.state import set_curdoc
-
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-
-        def call():
-            try:
-                with set_curdoc(doc):
-                    result = fn(*args)
-            except BaseException as err:  # noqa: BLE001 - handed to the awaiting coroutine
-                if not fut.done():
-                    fut.set_exception(err)
-            else:
-                if not fut.done():
-                    fut.set_result(result)
-
-        doc.add_next_tick_callback(call)
-        return await asyncio.wait_for(fut, timeout=24 * 3600)
+    _in_doc = staticmethod(run_in_doc)
 
     def _job(self, label: str, work, finish) -> None:
         """``work(progress)`` off the event loop when served (else here), then ``finish(result)`` with the

@@ -19,6 +19,18 @@ SST_RUN = REPO / "assets" / "checkpoints" / "sst_qoi_lag03"
 HYDRO_RUN = REPO / "assets" / "checkpoints" / "hydro_01031500"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _always_start(request):
+    """Stores start by themselves when their cost estimate is small; on a loaded machine the estimate (measured)
+    can pass the threshold, so the tests take the threshold out of play (the one test of it sets it itself)."""
+    from xaiscope.dashboard import tracin
+
+    saved = tracin.AUTO_SECONDS
+    tracin.AUTO_SECONDS = float("inf")
+    yield
+    tracin.AUTO_SECONDS = saved
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("tracin-cache")

@@ -15,7 +15,8 @@ with ``--sessions`` pages at once, each for ``--seconds``. One step per view:
   test example's title names it ("test MONTH:").
 
 Latency is measured in the page: performance.now() from just before the input (the key press is sent right after)
-to the first animation frame after the title (a Bokeh Title or Label) changed. Errors: console errors and page errors of every page, failed waits (no update within
+to the first animation frame after the title (a Bokeh Title or Label) changed. Errors: console errors, page errors
+and failed requests of every page, failed waits (no update within
 ``--step-timeout``), and ERROR / Traceback lines in the server log. Memory: the server's VmRSS sampled every
 second; model copies: the server runs with a counter on every checkpoint load (``core.checkpoint``) and, at the
 end of each phase, reports the live ``Checkpoint`` objects (a count per file) on SIGUSR1.
@@ -107,7 +108,8 @@ MONTH_SELECT = """(() => {
   }
   return null;
 })()"""
-SELECT_OPTIONS_JS = "() => { const s = " + MONTH_SELECT + "; return s ? [Array.from(s.options).map(o => o.value), s.value] : null; }"
+SELECT_OPTIONS_JS = ("() => { const s = " + MONTH_SELECT
+                     + "; return s ? [Array.from(s.options).map(o => o.value), s.value] : null; }")
 SELECT_AND_MEASURE_JS = """async ([value, needle, timeout]) => {
   const s = """ + MONTH_SELECT + """;
   if (!s) return -2;
@@ -486,7 +488,8 @@ def summarise(args, report) -> dict:
     result = {
         "benchmark": "load_test", "sessions": args.sessions, "seconds": args.seconds, "views": args.views,
         "errors": total_errors,
-        "per_view": {v: {"single_p50_ms": r.get("single", {}).get("p50_ms"), "single_p95_ms": r.get("single", {}).get("p95_ms"),
+        "per_view": {v: {"single_p50_ms": r.get("single", {}).get("p50_ms"),
+                         "single_p95_ms": r.get("single", {}).get("p95_ms"),
                          "single_steps": r.get("single", {}).get("steps"),
                          "concurrent_p50_ms": r.get("concurrent", {}).get("p50_ms"),
                          "concurrent_p95_ms": r.get("concurrent", {}).get("p95_ms"),

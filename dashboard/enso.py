@@ -139,6 +139,8 @@ def _nan_joined(lines) -> np.ndarray:
 
 
 # Tick labels in real longitudes (°E/°W) although the frame's x is lon − 180.
+# Templates only: a Bokeh model belongs to one document, so every plot gets its own copy
+# (CustomJSTickFormatter(code=LON_TICKS.code)); sharing one breaks a second browser session.
 LON_TICKS = CustomJSTickFormatter(code="""
     const lon = ((tick + 180 + 540) % 360) - 180;
     if (Math.abs(lon) < 1e-6 || Math.abs(Math.abs(lon) - 180) < 1e-6) { return Math.abs(lon).toFixed(0) + "°"; }
@@ -1011,8 +1013,8 @@ class EnsoExplorer(pn.viewable.Viewer):
         key = projection or self.projection
         if key == "platecarree":
             return (dmap * _coast_path() * _nino_box()).opts(projection=CRS, responsive=True, height=height,
-                                                              xlabel="", ylabel="", xformatter=LON_TICKS,
-                                                              yformatter=LAT_TICKS, framewise=True)
+                                                              xlabel="", ylabel="", xformatter=CustomJSTickFormatter(code=LON_TICKS.code),
+                                                              yformatter=CustomJSTickFormatter(code=LAT_TICKS.code), framewise=True)
         g = self._grid(key)
         ov = projected_overlays(key)
         land = hv.Image((g.x, g.y, g.warp(np.where(self.hc.sea, np.nan, 1.0))), kdims=["x", "y"],

@@ -665,9 +665,12 @@ class TracInExplorer(pn.viewable.Viewer):
             tools=[] if small else ["hover"], title=title)
         if small:
             return img.opts(xaxis=None, yaxis=None)
+        from bokeh.models import CustomJSTickFormatter
+
         from xaiscope.dashboard.enso import LAT_TICKS, LON_TICKS
 
-        return img.opts(xformatter=LON_TICKS, yformatter=LAT_TICKS, xlabel="", ylabel="")
+        return img.opts(xformatter=CustomJSTickFormatter(code=LON_TICKS.code),
+                        yformatter=CustomJSTickFormatter(code=LAT_TICKS.code), xlabel="", ylabel="")
 
     def example_element(self, split: str, i: int | None, small: bool = False, title: str | None = None):
         """An example drawn as what it is; ``i=None`` draws the same plot empty (nothing selected yet)."""

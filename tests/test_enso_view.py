@@ -487,3 +487,21 @@ def test_coastlines_line_up_with_the_land_of_the_maps(view):
     cape = enso.to_plot_frame([__import__("shapely.geometry", fromlist=["LineString"]).LineString(
         [(18.5, -34.4), (20.0, -34.8)])])[0]
     assert cape[0, 0] == pytest.approx(18.5 - 180)
+
+
+def test_two_sessions_render_without_sharing_bokeh_models(ds):
+    """Each browser session has its own Bokeh document; a model shared between two (a module-level tick
+    formatter did this) makes the second session fail with 'Models must be owned by only a single document'."""
+    from bokeh.document import Document
+
+    from xaiscope.dashboard.enso import EnsoExplorer
+
+    roots = []
+    for _ in range(2):
+        v = EnsoExplorer(sst=ds)
+        doc = Document()
+        root = v.__panel__().get_root(doc)
+        doc.add_root(root)
+        roots.append(root)
+    objects = [{id(m) for m in r.references()} for r in roots]
+    assert not objects[0] & objects[1]

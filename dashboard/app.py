@@ -189,6 +189,25 @@ def create_app(checkpoints: Sequence | None = None, data: Sequence | None = None
     return template
 
 
+def serve_resources_locally() -> None:
+    """Make every Panel resource URL point at this server, whatever another session is doing.
+
+    Panel decides between its CDN and the server's ``/static`` through a process-wide setting that rendering a
+    page for a notebook switches to "cdn" for a moment (``panel.io.resources.set_resource_mode``). With many
+    sessions at once, a model built during such a moment got a stylesheet link to cdn.holoviz.org (seen in the load
+    test). A served app never wants the CDN, so ``use_cdn`` answers False in this process (where Panel looks it up
+    at call time, and in the template module, which imported it by name).
+    """
+    import panel.io.resources as resources
+    import panel.template.base as template_base
+
+    def use_cdn() -> bool:
+        return False
+
+    resources.use_cdn = use_cdn
+    template_base.use_cdn = use_cdn
+
+
 def set_torch_threads(n: int | None) -> None:
     """Cap torch's intra-op threads (``None``: leave torch's default)."""
     if n:
@@ -218,6 +237,7 @@ def serve(port: int = 5006, address: str = "127.0.0.1", checkpoints: Sequence[st
     small and a second thread only fights the server's event loop for the CPU (``None`` keeps torch's default).
     """
     set_torch_threads(torch_threads)
+    serve_resources_locally()
     if not logging.getLogger().handlers and not log.handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from xaiscope.dashboard.sources import default_checkpoints
@@ -249,6 +269,7 @@ def _argv_options(argv: Sequence[str]) -> argparse.Namespace:
 
 
 if pn.state.served:  # `panel serve dashboard/app.py [--args ...]`
+    serve_resources_locally()
     _opts = _argv_options(sys.argv[1:])
     set_torch_threads(1)
     from xaiscope.dashboard.sources import default_checkpoints as _defaults

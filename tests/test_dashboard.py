@@ -389,3 +389,23 @@ def test_cell_state_colour_limits_are_symmetric_and_cover_the_window(explorer):
     arr = ex._state_array()
     m = float(np.nanmax(np.abs(arr)))
     assert ex._mapper.low == -ex._mapper.high and m <= ex._mapper.high <= 1.5 * m
+
+
+def test_served_app_never_links_panel_resources_to_the_cdn():
+    """Even while another session renders in Panel's 'cdn' resource mode, a served app's URLs stay local."""
+    from panel.io import resources
+
+    from xaiscope.dashboard.app import serve_resources_locally
+
+    saved = resources.use_cdn
+    try:
+        with resources.set_resource_mode("cdn"):
+            assert resources.get_dist_path().startswith("https://")  # what Panel does on its own
+            serve_resources_locally()
+            assert not resources.get_dist_path().startswith("http")
+            assert not resources.is_cdn_url(resources.get_dist_path())
+    finally:
+        import panel.template.base as template_base
+
+        resources.use_cdn = saved
+        template_base.use_cdn = saved

@@ -63,6 +63,7 @@ CELL_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
                "#bcbd22", "#7f7f7f"]
 _PREFETCH = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xaiscope-prefetch")
 MAX_TRACES = 10
+PICKER_SYNC_MS = 400  # the date picker follows the scrubber once the day rests this long (see _sync_picker)
 RASTER_MAX_COLUMNS = 3000  # heatmaps wider than this (days) are drawn as k-day means aggregated by Datashader
 
 
@@ -400,7 +401,8 @@ class CellStateExplorer(pn.viewable.Viewer):
                 "qsim": self._qsim_arr[sl]}
         self._src["series"].data = data
         neg = data["qsim"] < 0
-        self._src["neg"].data = {"time": data["time"][neg], "qsim": data["qsim"][neg]}
+        if neg.any() or len(self._src["neg"].data["time"]):
+            self._src["neg"].data = {"time": data["time"][neg], "qsim": data["qsim"][neg]}
         self._xr.update(start=float(data["time"][0] - DAY_MS / 2), end=float(data["time"][-1] + DAY_MS / 2))
         # thin bars for the whole record, day-wide bars for a window
         self._prcp_bar.glyph.width = DAY_MS * (0.8 if self.mode == "window" else 1.0)
@@ -418,7 +420,9 @@ class CellStateExplorer(pn.viewable.Viewer):
                                       "dh": [float(arr.shape[1])]}
             self._set_color_limits(arr)
             self._heat_label.text = self._image_title()
-        self._src["marks"].data = {"y": np.array([c + d for c in self.cells for d in (-0.5, 0.5)], dtype=float)}
+        marks = np.array([c + d for c in self.cells for d in (-0.5, 0.5)], dtype=float)
+        if not np.array_equal(self._src["marks"].data["y"], marks):  # unchanged marks: nothing to send or redraw
+            self._src["marks"].data = {"y": marks}
         cols = {"time": t}
         for k in range(MAX_TRACES):
             cols[f"y{k}"] = arr[:, self.cells[k]] if k < len(self.cells) else np.full(len(t), np.nan)
@@ -813,11 +817,27 @@ class CellStateExplorer(pn.viewable.Viewer):
             return
         # keep the widgets in step without re-triggering
         self._slider.value = self.date
-        self._picker.value = self.date
+        self._sync_picker()
         idx = self._day_index()
         self._set_player(idx)
         if self.ready:
             self._guard("Updating the day", self._refresh, "date")
+
+    def _sync_picker(self) -> None:
+        """Show the day in the date picker. While scrubbing, the picker catches up once the day has rested for
+        ``PICKER_SYNC_MS``: re-drawing its calendar on every step costs the browser ~15 ms a step, and the slider
+        already shows the day."""
+        doc = pn.state.curdoc
+        if not self._in_server() or doc is None:
+            self._picker.value = self.date
+            return
+        self._picker_token = token = getattr(self, "_picker_token", 0) + 1
+
+        def sync():
+            if token == self._picker_token and self._picker.value != self.date:
+                self._picker.value = self.date
+
+        doc.add_timeout_callback(sync, PICKER_SYNC_MS)
 
     def _on_view_change(self, *events):
         names = {e.name for e in events}

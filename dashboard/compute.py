@@ -258,16 +258,18 @@ def csv_bytes(df: pd.DataFrame, meta: dict, index: bool = True) -> io.BytesIO:
     return io.BytesIO(text.encode("utf-8"))
 
 
-def netcdf_bytes(ds: xr.Dataset, meta: dict) -> io.BytesIO:
-    """``ds`` as NetCDF with ``meta`` added to its global attributes."""
+def netcdf_bytes(ds: xr.Dataset, meta: dict | None = None, as_text: bool = True) -> io.BytesIO:
+    """``ds`` as NetCDF (a download) with ``meta`` added to its global attributes.
+
+    Lists and dicts in global or variable attributes become JSON (NetCDF cannot hold them). ``as_text`` writes every
+    other ``meta`` value as text and picks the scipy (NetCDF3) writer when the data allow it.
+    """
     ds = ds.copy()
-    ds.attrs.update({k: (json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in meta.items()})
-    for name in ds.variables:
-        for key, val in list(ds[name].attrs.items()):
-            if isinstance(val, (list, dict)):
-                ds[name].attrs[key] = json.dumps(val)
-    buf = io.BytesIO(ds.to_netcdf(engine="scipy") if _scipy_ok(ds) else ds.to_netcdf())
-    return buf
+    ds.attrs.update({k: (v if not as_text or isinstance(v, (list, dict)) else str(v)) for k, v in (meta or {}).items()})
+    ds.attrs = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in ds.attrs.items()}
+    for var in ds.variables.values():
+        var.attrs = {k: (json.dumps(a) if isinstance(a, (list, dict)) else a) for k, a in var.attrs.items()}
+    return io.BytesIO(bytes(ds.to_netcdf(engine="scipy") if as_text and _scipy_ok(ds) else ds.to_netcdf()))
 
 
 def _scipy_ok(ds: xr.Dataset) -> bool:

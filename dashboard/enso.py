@@ -1000,9 +1000,9 @@ class EnsoExplorer(pn.viewable.Viewer):
 
     @staticmethod
     def _netcdf(ds: xr.Dataset) -> io.BytesIO:
-        ds = ds.copy()
-        ds.attrs = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in ds.attrs.items()}
-        return io.BytesIO(bytes(ds.to_netcdf()))
+        from xaiscope.dashboard.compute import netcdf_bytes
+
+        return netcdf_bytes(ds, as_text=False)
 
     # ------------------------------------------------------------------------------ layout
     def _dmap(self, fn, deps) -> hv.DynamicMap:

@@ -916,11 +916,9 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
 
     @staticmethod
     def _netcdf(ds: xr.Dataset) -> io.BytesIO:
-        ds = ds.copy()
-        ds.attrs = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in ds.attrs.items()}
-        for v in ds.variables.values():
-            v.attrs = {k: (json.dumps(a) if isinstance(a, (list, dict)) else a) for k, a in v.attrs.items()}
-        return io.BytesIO(bytes(ds.to_netcdf()))
+        from xaiscope.dashboard.compute import netcdf_bytes
+
+        return netcdf_bytes(ds, as_text=False)
 
     # ------------------------------------------------------------------------------ layout
     def __panel__(self):

@@ -2,7 +2,8 @@
 
 Run from the repository root::
 
-    python benchmarks/engine.py [--threads 1] [--requests 200] [--clients 20] [--max-batch 32] [--max-wait-ms 3]
+    python benchmarks/engine.py [--device cpu] [--threads 1] [--requests 200] [--clients 20] [--max-batch 32]
+                                [--max-wait-ms 3]
 
 One run prints, as ratios to a baseline measured in the same run:
 
@@ -31,6 +32,7 @@ import torch
 
 from xaiscope.assets import ASSETS
 from xaiscope.core import hydro
+from xaiscope.core.device import choose_device
 from xaiscope.core.engine import Engine, EngineSettings
 from xaiscope.data.camels import demo_basin
 
@@ -48,6 +50,7 @@ def _timed(fn, repeats: int = 3) -> tuple[float, float]:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:<index>, mps or auto")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--requests", type=int, default=200, help="windows per measurement")
     p.add_argument("--clients", type=int, default=20)
@@ -56,28 +59,35 @@ def main(argv=None) -> dict:
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    device = choose_device(args.device)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     ckpt = hydro.load_hydro(ASSETS / "checkpoints" / "hydro_01031500")
     ds = demo_basin()
     times = pd.DatetimeIndex(ds.time.values)
     n = hydro.window_length(ckpt)
     days = list(times[n - 1 + np.linspace(0, len(times) - n, args.requests).astype(int)])
-    settings = dict(device="cpu", max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+    settings = dict(device=str(device), max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
     uncached = Engine(EngineSettings(cache_mb=0, **settings))
     cached = Engine(EngineSettings(cache_mb=512, **settings))
     for d in days[:5]:  # warm-up
-        hydro.window_states(ckpt, ds, d, device="cpu")
+        hydro.window_states(ckpt, ds, d, device=device)
         uncached.window_states(ckpt, ds, d, data_key="demo")
 
-    inputs = [torch.from_numpy(hydro.window_inputs(ckpt, ds, d)[0])[None] for d in days]
+    inputs = [torch.from_numpy(hydro.window_inputs(ckpt, ds, d)[0])[None].to(device) for d in days]
+    model = ckpt.model.to(device)  # where hydro.window_states put it already
 
     def bare():
         for x in inputs:
-            hydro.window_forward(ckpt.model, x)
+            hydro.window_forward(model, x)
+        sync()
 
     def direct():
         for d in days:
-            hydro.window_states(ckpt, ds, d, device="cpu")
+            hydro.window_states(ckpt, ds, d, device=device)
 
     def engine_serial():
         for d in days:
@@ -120,7 +130,9 @@ def main(argv=None) -> dict:
     mean_batch = (after["requests"] - before["requests"]) / max(1, after["batches"] - before["batches"])
 
     per = {k: (w / len(days) * 1e3, c / len(days) * 1e3) for k, (w, c) in r.items()}
-    print(f"engine benchmark: {len(days)} windows of {n} days, checkpoint hydro_01031500 (2x20 LSTM), CPU, "
+    where = (f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
+             str(device) if device.type != "cpu" else "CPU")
+    print(f"engine benchmark: {len(days)} windows of {n} days, checkpoint hydro_01031500 (2x20 LSTM), {where}, "
           f"{args.threads} torch thread(s), max_batch {args.max_batch}, max_wait {args.max_wait_ms} ms, "
           f"{os.cpu_count()} cores, torch {torch.__version__}, {platform.processor() or platform.machine()}")
     print(f"{'measurement':<34}{'ms/request wall':>16}{'ms/request CPU':>16}")
@@ -145,7 +157,8 @@ def main(argv=None) -> dict:
     print(f"{args.clients} concurrent clients: {ratios['concurrent_throughput_over_serial_direct']:.2f}x the "
           f"throughput of serial direct calls (mean batch {mean_batch:.1f}; CPU per request "
           f"{ratios['concurrent_cpu_saving']:.2f}x less)")
-    out = {"per_request_ms": per, "ratios": ratios, "requests": len(days), "threads": args.threads,
+    out = {"per_request_ms": per, "ratios": ratios, "requests": len(days), "device": str(device),
+           "torch": torch.__version__, "threads": args.threads,
            "clients": args.clients, "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms}
     print(json.dumps(out))
     uncached.close()

@@ -111,8 +111,8 @@ def _bounds(x, low, high, first_rule):
     if low is None or high is None:
         raise RelevanceError("the zbox first-layer rule needs low= and high= input bounds (scalars or one value per "
                              "input, e.g. the minimum and maximum of the normalised training inputs).")
-    lo = torch.broadcast_to(torch.as_tensor(low, dtype=x.dtype), x.shape[1:])
-    hi = torch.broadcast_to(torch.as_tensor(high, dtype=x.dtype), x.shape[1:])
+    lo = torch.broadcast_to(torch.as_tensor(low, dtype=x.dtype, device=x.device), x.shape[1:])
+    hi = torch.broadcast_to(torch.as_tensor(high, dtype=x.dtype, device=x.device), x.shape[1:])
     if bool((lo > hi).any()):
         raise RelevanceError("zbox bounds: low > high for some input; give low ≤ high.")
     return lo, hi
@@ -122,17 +122,28 @@ def _stab(z: torch.Tensor, eps: float) -> torch.Tensor:
     return z + eps * torch.where(z >= 0, 1.0, -1.0).to(z)
 
 
-def _as_tensor(x, dtype) -> torch.Tensor:
-    x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x.detach()).to(dtype)
+def _as_tensor(x, dtype, device=None) -> torch.Tensor:
+    x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x.detach()).to(dtype=dtype,
+                                                                                             device=device)
     if x.ndim != 2:
         raise RelevanceError(f"inputs must be (batch, n_inputs), got shape {tuple(x.shape)}.")
     return x
 
 
+def _device_of(model: nn.Module) -> torch.device:
+    """Where the model's parameters are (the inputs follow them; results come back as NumPy on the CPU)."""
+    p = next(model.parameters(), None)
+    return torch.device("cpu") if p is None else p.device
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
 def _targets(logits: torch.Tensor, target) -> torch.Tensor:
     if target is None:
         return logits.argmax(1)
-    t = torch.as_tensor(target).long().reshape(-1)
+    t = torch.as_tensor(target).long().reshape(-1).to(logits.device)
     if t.numel() == 1:
         t = t.expand(logits.shape[0])
     if t.numel() != logits.shape[0] or int(t.min()) < 0 or int(t.max()) >= logits.shape[1]:
@@ -146,10 +157,11 @@ def lrp(model: nn.Module, x, target=None, rule: str = "epsilon", first_rule: str
         epsilon: float = 1e-6, low=None, high=None, dtype=torch.float64) -> Explanation:
     """LRP relevance of the inputs ``x`` (B, n_inputs) for the logit ``target`` (default: the predicted class).
 
-    Batched: one matrix product per layer and direction. See the module docstring for the rules."""
+    Batched: one matrix product per layer and direction, on the model's device (results as NumPy). See the module
+    docstring for the rules."""
     _check_rule(rule, first_rule)
-    x = _as_tensor(x, dtype)
     params = _params(model, dtype)
+    x = _as_tensor(x, dtype, params[0][0].device)
     lo, hi = _bounds(x, low, high, first_rule)
     acts = [x]
     for k, (w, b) in enumerate(params):
@@ -157,13 +169,13 @@ def lrp(model: nn.Module, x, target=None, rule: str = "epsilon", first_rule: str
         acts.append(z if k == len(params) - 1 else z.clamp(min=0))
     logits = acts[-1]
     t = _targets(logits, target)
-    rows = torch.arange(x.shape[0])
+    rows = torch.arange(x.shape[0], device=x.device)
     r = torch.zeros_like(logits)
     r[rows, t] = logits[rows, t]
-    bias_abs = torch.zeros(x.shape[0], dtype=dtype)
+    bias_abs = torch.zeros(x.shape[0], dtype=dtype, device=x.device)
     for k in range(len(params) - 1, -1, -1):
         w, b = params[k]
-        b = torch.zeros(w.shape[0], dtype=dtype) if b is None else b
+        b = torch.zeros(w.shape[0], dtype=dtype, device=w.device) if b is None else b
         a = acts[k]
         rl = first_rule if (k == 0 and first_rule) else rule
         if rl == "epsilon":
@@ -189,10 +201,10 @@ def lrp(model: nn.Module, x, target=None, rule: str = "epsilon", first_rule: str
     explained = logits[rows, t]
     total = r.sum(1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        checks = {"conservation": (total / explained).numpy(), "bias_share": (bias_abs / explained).numpy(),
-                  "residual": (explained - total).numpy()}
+        checks = {"conservation": _np(total / explained), "bias_share": _np(bias_abs / explained),
+                  "residual": _np(explained - total)}
     name = f"lrp:{rule}" + (f"|first={first_rule}" if first_rule else "")
-    return Explanation(r.numpy(), name, t.numpy(), explained.numpy(), checks)
+    return Explanation(_np(r), name, _np(t), _np(explained), checks)
 
 
 # ------------------------------------------------------------------------------------- LRP, reference
@@ -201,8 +213,8 @@ def lrp_reference(model: nn.Module, x, target=None, rule: str = "epsilon", first
     """Slow, explicit LRP in numpy float64: per sample, per layer, the full z_ij = a_i w_ij matrix of the rule and
     R_i = Σ_j z_ij / (Σ_i z_ij + b_j) R_j — the textbook formulas, as the test reference of :func:`lrp`."""
     _check_rule(rule, first_rule)
-    xs = np.asarray(x.detach() if isinstance(x, torch.Tensor) else x, dtype=float)
-    params = [(w.numpy(), (np.zeros(w.shape[0]) if b is None else b.numpy())) for w, b in _params(model, torch.float64)]
+    xs = np.asarray(_np(x) if isinstance(x, torch.Tensor) else x, dtype=float)
+    params = [(_np(w), (np.zeros(w.shape[0]) if b is None else _np(b))) for w, b in _params(model, torch.float64)]
     n_in = xs.shape[1]
     lo = None if low is None else np.broadcast_to(np.asarray(low, float), (n_in,))
     hi = None if high is None else np.broadcast_to(np.asarray(high, float), (n_in,))
@@ -246,16 +258,16 @@ def _logit_fn(model, dtype):
 def gradient_x_input(model: nn.Module, x, target=None, dtype=torch.float64) -> Explanation:
     """x ⊙ ∂f_target/∂x. For a bias-free ReLU network it equals LRP-ε with ε → 0."""
     m = _logit_fn(model, dtype)
-    x = _as_tensor(x, dtype).requires_grad_(True)
+    x = _as_tensor(x, dtype, _device_of(m)).requires_grad_(True)
     out = m(x)
     t = _targets(out.detach(), target)
-    rows = torch.arange(x.shape[0])
+    rows = torch.arange(x.shape[0], device=x.device)
     (g,) = torch.autograd.grad(out[rows, t].sum(), x)
     rel = (x * g).detach()
     explained = out[rows, t].detach()
     with np.errstate(divide="ignore", invalid="ignore"):
-        checks = {"conservation": (rel.sum(1) / explained).numpy()}
-    return Explanation(rel.numpy(), "gradient_x_input", t.numpy(), explained.numpy(), checks)
+        checks = {"conservation": _np(rel.sum(1) / explained)}
+    return Explanation(_np(rel), "gradient_x_input", _np(t), _np(explained), checks)
 
 
 def integrated_gradients(model: nn.Module, x, target=None, baseline=None, n_steps: int = 64,
@@ -376,7 +388,7 @@ def lrp_zennit(model: nn.Module, x, target=None, rule: str = "epsilon", first_ru
     from zennit.composites import NameMapComposite
 
     m = copy.deepcopy(model).to(dtype).eval()
-    x = _as_tensor(x, dtype)
+    x = _as_tensor(x, dtype, _device_of(m))
     lo, hi = _bounds(x, low, high, first_rule)
     linears = dense_layers(m)
     names = {id(mod): name for name, mod in m.named_modules()}
@@ -391,9 +403,9 @@ def lrp_zennit(model: nn.Module, x, target=None, rule: str = "epsilon", first_ru
         out = modified(x)
         t = _targets(out.detach(), target)
         onehot = torch.zeros_like(out)
-        onehot[torch.arange(x.shape[0]), t] = 1.0
+        onehot[torch.arange(x.shape[0], device=x.device), t] = 1.0
         (rel,) = torch.autograd.grad(out, x, grad_outputs=onehot * out.detach())
-    return rel.detach().numpy()
+    return _np(rel)
 
 
 def lrp_captum(model: nn.Module, x, target=None, epsilon: float = 1e-6, dtype=torch.float64) -> np.ndarray:
@@ -411,11 +423,11 @@ def lrp_captum(model: nn.Module, x, target=None, epsilon: float = 1e-6, dtype=to
             mod.rule = EpsilonRule(epsilon=epsilon)
         elif isinstance(mod, (nn.Dropout, nn.Identity)):
             mod.rule = IdentityRule()
-    x = _as_tensor(x, dtype)
+    x = _as_tensor(x, dtype, _device_of(m))
     with torch.no_grad():
         t = _targets(m(x), target)
     rel = LRP(m).attribute(x.clone().requires_grad_(True), target=t)
-    return rel.detach().numpy()
+    return _np(rel)
 
 
 # --------------------------------------------------------------------------------- sanity check

@@ -341,6 +341,38 @@ def test_engine_simulation_survives_out_of_memory(ckpt_dir, small_synthetic_ds, 
     np.testing.assert_allclose(sim2.values, ref.values, rtol=1e-6, atol=1e-6, equal_nan=True)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_engine_on_cuda_matches_the_cpu(ckpt_dir, small_synthetic_ds, monkeypatch, tmp_path):
+    """The engine's CUDA path: batched exact windows, the continuous pass and the TF32-checked simulation against
+    the CPU; the process-wide TF32 switches are put back afterwards."""
+    monkeypatch.setenv("XAISCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    ds = small_synthetic_ds
+    ckpt = hydro.load_hydro(ckpt_dir)
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    e = Engine(EngineSettings(device="cuda", cache_mb=0, max_batch=4, max_wait_ms=5))
+    try:
+        days = _days(ds, 6)
+        got = e.window_states_many(ckpt, ds, days, "syn7")
+        assert e.entry(ckpt).device.type == "cuda"
+        assert next(e.model(ckpt).parameters()).is_cuda
+        for d, g in zip(days, got):
+            ref = hydro.window_states(ckpt, ds, d, device="cpu")
+            for name in hydro.STATE_NAMES:
+                np.testing.assert_allclose(g[name].values, ref[name].values, rtol=0, atol=1e-5)
+            np.testing.assert_allclose(float(g["qsim"]), float(ref["qsim"]), rtol=1e-5, atol=1e-5)
+        cont = e.continuous_states(ckpt, ds, start="2001-01-01", end="2001-06-30")
+        ref = hydro.continuous_states(ckpt, ds, start="2001-01-01", end="2001-06-30", device="cpu")
+        np.testing.assert_allclose(cont["c"].values, ref["c"].values, rtol=0, atol=1e-5)
+        sim = e.simulate(ckpt, ds, cache=False)
+        sim_ref = hydro.simulate(ckpt, ds, device="cpu", cache=False)
+        scale = ckpt.manifest["normalisation"]["qobs"]["std"]  # TF32 is accepted within 1e-3 normalised units
+        np.testing.assert_allclose(sim.values, sim_ref.values, rtol=0, atol=2e-3 * scale, equal_nan=True)
+        assert any("TF32 for simulate on cuda" in n for n in e.notes)
+    finally:
+        e.close()
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+
+
 # ----------------------------------------------------------------------------------------- the view
 def test_cell_state_view_computes_through_the_engine(ckpt_dir, small_synthetic_ds, process_engine):
     from xaiscope.dashboard import compute

@@ -1,6 +1,8 @@
 """Relevance: the batched LRP against the slow explicit z_ij reference, zennit and Captum; conservation and bias
 share; gradient×input and integrated gradients against autograd identities and Captum; randomisation check."""
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -126,6 +128,35 @@ def test_agreement_with_captum_epsilon_on_demo_checkpoint(demo):
         assert np.abs(ours - theirs).max() <= 1e-9 * np.abs(ours).max()
     # a second call works too (Captum removes its rules after every attribute())
     np.testing.assert_allclose(lrp_captum(ck.model, x[:3]), lrp(ck.model, x[:3]).relevance, rtol=1e-7, atol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_relevance_on_cuda_equals_the_cpu(demo):
+    """A model on the GPU: LRP (every rule, zbox bounds as tensors), gradient × input, zennit and Captum compute
+    there (the inputs follow the model) and give the CPU's relevance, as NumPy."""
+    import copy
+
+    ensure_torchvision_importable()
+    ck, x = demo
+    gpu = copy.deepcopy(ck.model).cuda()
+    kw = dict(low=x.min(0).values, high=x.max(0).values)
+    for rule in RULES:
+        for first_rule in (None, "zbox"):
+            cpu = lrp(ck.model, x, rule=rule, first_rule=first_rule, **kw)
+            got = lrp(gpu, x, rule=rule, first_rule=first_rule, **kw)
+            np.testing.assert_allclose(got.relevance, cpu.relevance, rtol=1e-9, atol=1e-12 * np.abs(cpu.relevance).max())
+            np.testing.assert_array_equal(got.target, cpu.target)
+            np.testing.assert_allclose(got.checks["conservation"], cpu.checks["conservation"], rtol=1e-9)
+    t = np.arange(len(x)) % 2  # explicit targets, given on the CPU
+    np.testing.assert_allclose(lrp(gpu, x.cuda(), target=t).relevance, lrp(ck.model, x, target=t).relevance,
+                               rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(gradient_x_input(gpu, x).relevance, gradient_x_input(ck.model, x).relevance,
+                               rtol=1e-9, atol=1e-15)
+    ours = lrp(ck.model, x).relevance
+    if importlib.util.find_spec("zennit") is not None:
+        assert np.abs(lrp_zennit(gpu, x) - ours).max() <= 1e-9 * np.abs(ours).max()
+    if importlib.util.find_spec("captum") is not None:
+        assert np.abs(lrp_captum(gpu, x) - ours).max() <= 1e-9 * np.abs(ours).max()
 
 
 def test_randomisation_check_destroys_the_maps(demo):

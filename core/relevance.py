@@ -271,11 +271,20 @@ def gradient_x_input(model: nn.Module, x, target=None, dtype=torch.float64) -> E
 
 
 def integrated_gradients(model: nn.Module, x, target=None, baseline=None, n_steps: int = 64,
-                         dtype=torch.float64) -> Explanation:
+                         dtype=torch.float64, path: str = "auto") -> Explanation:
     """Integrated gradients (Sundararajan et al. 2017) from ``baseline`` (default: zeros = climatology) to ``x``,
-    midpoint Riemann sum with ``n_steps``; check ``completeness_delta`` = Σ attribution − (f(x) − f(baseline))."""
+    midpoint Riemann sum with ``n_steps``; check ``completeness_delta`` = Σ attribution − (f(x) − f(baseline)).
+
+    ``path``: ``"autograd"`` differentiates the network at every step point (any module); ``"factored"`` (fully
+    connected ReLU networks, :func:`dense_layers`) uses that the first layer is linear along the straight path —
+    its pre-activations are ``W₁x_base + b₁ + α W₁(x − x_base)`` — and that the mean of the step gradients is
+    ``W₁ᵀ`` times the mean of the gradients with respect to those pre-activations, so the input dimension is
+    multiplied once instead of once per step (the same Riemann sum, ~50× faster for a 1234-input network);
+    ``"auto"``: factored where the network allows it."""
     if n_steps < 1:
         raise RelevanceError(f"n_steps: {n_steps} must be ≥ 1.")
+    if path not in ("auto", "autograd", "factored"):
+        raise RelevanceError(f"path: {path!r} is not one of ('auto', 'autograd', 'factored').")
     m = _logit_fn(model, dtype)
     x = _as_tensor(x, dtype)
     base = torch.zeros_like(x) if baseline is None else torch.broadcast_to(torch.as_tensor(baseline, dtype=dtype),
@@ -286,16 +295,48 @@ def integrated_gradients(model: nn.Module, x, target=None, baseline=None, n_step
     t = _targets(out, target)
     rows = torch.arange(x.shape[0])
     alphas = (torch.arange(n_steps, dtype=dtype) + 0.5) / n_steps
-    path = (base[None] + alphas[:, None, None] * (x - base)[None]).reshape(-1, x.shape[1]).requires_grad_(True)
-    o = m(path).reshape(n_steps, x.shape[0], -1)
-    (g,) = torch.autograd.grad(o[:, rows, t].sum(), path)
-    avg = g.reshape(n_steps, x.shape[0], -1).mean(0)
+    params = None
+    if path != "autograd":
+        try:
+            params = _params(m, dtype)
+        except RelevanceError:
+            if path == "factored":
+                raise
+    if params is not None:
+        avg = _ig_mean_gradient_dense(params, x, base, t, alphas)
+    else:
+        pts = (base[None] + alphas[:, None, None] * (x - base)[None]).reshape(-1, x.shape[1]).requires_grad_(True)
+        o = m(pts).reshape(n_steps, x.shape[0], -1)
+        (g,) = torch.autograd.grad(o[:, rows, t].sum(), pts)
+        avg = g.reshape(n_steps, x.shape[0], -1).mean(0)
     attr = ((x - base) * avg).detach()
     explained = out[rows, t]
     diff = explained - out0[rows, t]
     with np.errstate(divide="ignore", invalid="ignore"):
         checks = {"completeness_delta": (attr.sum(1) - diff).numpy(), "conservation": (attr.sum(1) / diff).numpy()}
     return Explanation(attr.numpy(), "integrated_gradients", t.numpy(), explained.numpy(), checks)
+
+
+def _ig_mean_gradient_dense(params, x, base, t, alphas) -> torch.Tensor:
+    """Mean over the step points ``base + α (x − base)`` of ∂f_t/∂x for a Linear–ReLU–…–Linear network given by
+    ``params`` [(W, b), …]: the first layer's pre-activations are affine in α; the layers after it run forward on
+    (steps × batch, hidden) matrices keeping their ReLU masks, the gradient runs back through them by hand
+    (ReLU'(0) = 0, as autograd), and its mean over the steps is multiplied by W₁ once."""
+    (w1, b1), rest = params[0], params[1:]
+    if not rest:  # one Linear layer: the gradient is the target's weight row at every point
+        return w1[t]
+    n_steps, n = alphas.shape[0], x.shape[0]
+    z0 = base @ w1.T if b1 is None else torch.addmm(b1, base, w1.T)
+    dz = (x - base) @ w1.T
+    z = torch.addcmul(z0[None], alphas[:, None, None], dz[None]).reshape(n_steps * n, -1)
+    masks, h = [z > 0], z
+    for w, b in rest[:-1]:
+        h = torch.relu(h) @ w.T if b is None else torch.addmm(b, torch.relu(h), w.T)
+        masks.append(h > 0)
+    g = (rest[-1][0][t][None] * masks[-1].reshape(n_steps, n, -1)).reshape(n_steps * n, -1)
+    for (w, _), mask in zip(reversed(rest[:-1]), reversed(masks[:-1])):
+        g = (g @ w) * mask
+    return g.reshape(n_steps, n, -1).mean(0) @ w1
 
 
 def explain(model: nn.Module, x, method: str = "lrp", target=None, **kw) -> Explanation:

@@ -376,11 +376,15 @@ def simulate(ckpt: Checkpoint, ds: xr.Dataset, start=None, end=None, device=None
     if first < hi:
         windows = sliding_window_view(x_all, n, axis=0)  # (T-n+1, n_in, n)
         if predict is None:
+            from xaiscope.core.device import exact_math
+
             dev = _device(device)
             model = ckpt.model.to(dev).eval()
 
             def predict(arr):
-                with torch.inference_mode():
+                # exact float32: PyTorch lets cuDNN use TF32 by default, which moved one day's discharge by ~5e-5
+                # relative on an H100; only the engine's predictor uses TF32, checked against exact (TF32_OPS)
+                with torch.inference_mode(), exact_math():
                     return model(torch.from_numpy(arr).to(dev)).reshape(-1).cpu().numpy()
         preds = []
         for b in range(first, hi, batch_size):

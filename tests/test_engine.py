@@ -373,6 +373,27 @@ def test_engine_on_cuda_matches_the_cpu(ckpt_dir, small_synthetic_ds, monkeypatc
     assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_direct_simulation_on_cuda_is_exact_float32():
+    """hydro.simulate without the engine computes in exact float32 on CUDA although PyTorch's default lets cuDNN
+    use TF32 (the demo model: TF32 moves days by ~1e-4 of the target's spread, exact float32 by ~1e-6)."""
+    from xaiscope.assets import ASSETS
+    from xaiscope.data.camels import demo_basin
+
+    ckpt = hydro.load_hydro(ASSETS / "checkpoints" / "hydro_01031500")
+    ds = demo_basin()
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True  # PyTorch's default, set explicitly
+    try:
+        gpu = hydro.simulate(ckpt, ds, "1996-01-01", "1997-12-31", device="cuda", cache=False).values
+        assert torch.backends.cudnn.allow_tf32 is True  # put back
+    finally:
+        torch.backends.cudnn.allow_tf32 = before
+    cpu = hydro.simulate(ckpt, ds, "1996-01-01", "1997-12-31", device="cpu", cache=False).values
+    std = ckpt.manifest["normalisation"]["qobs"]["std"]
+    assert np.nanmax(np.abs(gpu - cpu)) <= 2e-5 * std, np.nanmax(np.abs(gpu - cpu)) / std
+
+
 # ----------------------------------------------------------------------------------------- the view
 def test_cell_state_view_computes_through_the_engine(ckpt_dir, small_synthetic_ds, process_engine):
     from xaiscope.dashboard import compute

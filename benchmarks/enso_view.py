@@ -11,7 +11,9 @@ the shipped 5° data, for ``--months`` consecutive start months:
   - ``on demand``: the state store computing the month (one forward pass in ``torch.inference_mode``) + arrays;
   - ``stored``: the month's states already in the store (filled by the background batch) + arrays;
 * full view update: the page laid out in a Bokeh document, time from setting the start month to every map, the
-  series marker and the table having new Bokeh data (server side; the browser's drawing is not included);
+  series marker and the table having new Bokeh data (server side; the browser's drawing is not included), and
+  the same plus turning the document's changes into the server's PATCH-DOC messages (what a served session
+  sends to the browser; ``bokeh.protocol``);
 * the hindcast: computed (batched forward, all start months), read from the stored file, and the background
   fill of all internal states.
 
@@ -34,28 +36,28 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--months", type=int, default=12)
     p.add_argument("--projections", nargs="+", default=["platecarree", "robinson", "orthographic"])
+    p.add_argument("--skip-hindcast", action="store_true", help="do not time computing the hindcast (~30 s)")
     a = p.parse_args(argv)
 
     import numpy as np
-    import pandas as pd
     import torch
 
     torch.set_num_threads(1)
     from xaiscope.core.convlstm import convlstm_states
+    from xaiscope.core.engine import Engine, EngineSettings, configure_engine
     from xaiscope.dashboard import enso
     from xaiscope.data.sst import demo_sst
 
+    engine = configure_engine(EngineSettings(device="cpu", threads=1))
     ds = demo_sst()
-    ckpt = __import__("xaiscope.core.checkpoint", fromlist=["load_checkpoint"]).load_checkpoint(
-        enso.default_checkpoint())
+    ckpt = engine.open_checkpoint(enso.default_checkpoint())
     res: dict = {}
 
     # ---------------------------------------------------------------- hindcast
-    enso._CACHE.clear()
-    t0 = time.perf_counter()
-    enso.compute_hindcast(ckpt, ds, use_files=False)
-    res["hindcast_computed_s"] = time.perf_counter() - t0
-    enso._CACHE.clear()
+    if not a.skip_hindcast:
+        t0 = time.perf_counter()
+        enso.compute_hindcast(ckpt, ds, use_files=False, engine=Engine(EngineSettings(device="cpu", threads=1)))
+        res["hindcast_computed_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     hc = enso.compute_hindcast(ckpt, ds)
     res["hindcast_from_file_s"] = time.perf_counter() - t0
@@ -105,7 +107,7 @@ def main(argv=None) -> int:
 
     store = hc.states
     res["baseline_ms"] = timed(baseline, months)
-    res["on_demand_ms"] = timed(arrays, months, before=lambda m: store.done.__setitem__(hc.month_index[m], False))
+    res["on_demand_ms"] = timed(arrays, months, before=lambda m: engine.cache.clear(("enso.states",)))
     t0 = time.perf_counter()
     store.fill(i0)
     res["states_fill_all_s"] = time.perf_counter() - t0
@@ -113,32 +115,49 @@ def main(argv=None) -> int:
 
     # ---------------------------------------------------------------- full view update (Bokeh models)
     from bokeh.document import Document
+    from bokeh.protocol import Protocol
     from panel.io.state import set_curdoc
+
+    protocol = Protocol()
+    sent = {"bytes": 0, "on": False}
+
+    def to_messages(event):  # what a served session does with each change: a PATCH-DOC message
+        if sent["on"]:
+            msg = protocol.create("PATCH-DOC", [event])
+            sent["bytes"] += len(msg.content_json) + sum(len(b) for b in getattr(msg, "buffers", []) or [])
 
     for key in a.projections:
         doc = Document()
+        doc.on_change(to_messages)
         with set_curdoc(doc):
-            view.projection = key
-            view.__panel__().get_root(doc)
+            # a view per document, as in a served app (one per browser session); the engine's hindcast is shared
+            view = enso.EnsoExplorer(checkpoint=ckpt, sst=ds, precompute_states=False, projection=key)
+            doc.add_root(view.__panel__().get_root(doc))
             tabs = [o for o in view._layout.objects if o.__class__.__name__ == "Tabs"][0]
             for tab, name in ((0, "maps"), (1, "states")):
                 tabs.active = tab
                 res[f"view_update_{name}_{key}_ms"] = timed(lambda m: setattr(view, "start", m), months)
+                sent.update(on=True, bytes=0)
+                res[f"view_update_sent_{name}_{key}_ms"] = timed(lambda m: setattr(view, "start", m), months)
+                res[f"patch_kb_{name}_{key}"] = sent["bytes"] / len(months) / 1e3
+                sent["on"] = False
             t0 = time.perf_counter()
             view.lead = view.lead % 6 + 1
             res[f"lead_change_{key}_ms"] = (time.perf_counter() - t0) * 1e3
 
     med = {k: statistics.median(v) for k, v in res.items() if isinstance(v, list)}
-    print(f"hindcast of {res['start_months']} start months: computed {res['hindcast_computed_s']:.1f} s, read from "
+    print(f"hindcast of {res['start_months']} start months: computed {res.get('hindcast_computed_s', float('nan')):.1f} s, read from "
           f"the stored file {res['hindcast_from_file_s']:.2f} s; background fill of all internal states "
           f"{res['states_fill_all_s']:.1f} s")
     print("compute per start-month change (median ms):")
     for k in ("baseline_ms", "on_demand_ms", "stored_ms"):
         print(f"  {k[:-3]:10s} {med[k]:8.1f}   ratio to baseline {med[k] / med['baseline_ms']:.3f}")
-    print("full view update per start-month change (median ms, server side):")
+    print("full view update per start-month change (median ms, server side; 'sent': with the PATCH-DOC messages):")
     for k in sorted(med):
-        if k.startswith("view_update"):
-            print(f"  {k[12:-3]:28s} {med[k]:8.1f}")
+        if k.startswith("view_update") and not k.startswith("view_update_sent"):
+            sk = k.replace("view_update_", "view_update_sent_")
+            kb = res.get(f"patch_kb_{k[12:-3]}", float("nan"))
+            print(f"  {k[12:-3]:28s} {med[k]:8.1f}   sent {med.get(sk, float('nan')):8.1f}   ({kb:.0f} kB per step)")
     for k in sorted(res):
         if k.startswith("lead_change"):
             print(f"  lead change, {k[12:-3]:14s} {res[k]:8.1f}")

@@ -5,21 +5,25 @@ In a notebook::
     from xaiscope.dashboard.enso import EnsoExplorer
     EnsoExplorer(checkpoint="assets/checkpoints/enso_convlstm", sst=None)   # None: the shipped 5° demo data
 
-Start months are initial (last input) months. The ConvLSTM hindcast (every start month, all leads) of a checkpoint
-is computed once per process and kept by the checkpoint's sha256 and a sha256 of the model inputs; it is also read
-from / written to a NetCDF file beside the weights (``hindcasts/``, shipped for the demo checkpoint) or in the user
-cache, so the demo opens at once. In a served app a missing hindcast is computed in a thread while the page shows
-its progress. Moving the scrubber only looks forecasts up; the internal states (h and c of every layer, channel and
-input month) of all start months are filled in by a background batch and kept as float16 on sea cells, and a start
-month that is not there yet is computed on demand in one forward pass. Plots are HoloViews ``DynamicMap`` objects
-driven by the explorer's parameters, so they update in place, each only when its own inputs change.
+Start months are initial (last input) months. Everything runs through the server's engine
+(:mod:`xaiscope.core.engine`): the checkpoint is read once and its one model shared by every session
+(``engine.open_checkpoint`` / ``engine.share``); forward passes go through ``engine.forward``; and the derived
+results are kept in the engine's result cache, shared by all sessions: the hindcast with its skill table (per
+checkpoint sha256 and a sha256 of the model inputs), the internal states of each start month, and the shipped SST
+data. The ConvLSTM part of the hindcast is also read from / written to a NetCDF file beside the weights
+(``hindcasts/``, shipped for the demo checkpoint) or in the user cache, so the demo opens at once. In a served app a
+missing hindcast is computed in a thread while the page shows its progress. Moving the scrubber only looks forecasts
+up; the internal states (h and c of every layer, channel and input month, float16 on sea cells) are filled in by a
+background batch, and a start month that is not there yet is computed on demand in one forward pass.
 
-Maps are drawn on the data's 5° grid in a selectable projection: Plate Carrée centred on the Pacific (GeoViews
-images in that frame) or Robinson, Mollweide, Equal Earth and an orthographic globe over the Pacific. For those the
-data cell under every pixel of the projected frame is found once per projection with cartopy (a look-up table,
-cached), so a map update is one gather; coastlines, the Niño 3.4 box and the globe's outline are projected once
-per projection with cartopy. Coastlines come from the shipped Natural Earth GeoJSON (cartopy's downloader
-is disabled: nothing is fetched at run time).
+The maps and the Niño 3.4 series are plain Bokeh figures built once (per projection) and updated in place: a new
+selection only replaces image data, colour limits, titles and the series marker, so an update costs tens of
+milliseconds, not the rebuild of every plot. Maps are drawn on the data's 5° grid in a selectable projection: Plate
+Carrée centred on the Pacific (the grid in the frame x = lon − 180, with °E/°W ticks) or Robinson, Mollweide, Equal
+Earth and an orthographic globe over the Pacific. For those the data cell under every pixel of the projected frame is
+found once per projection with cartopy (a look-up table, cached), so a map update is one gather; coastlines, the
+Niño 3.4 box and the globe's outline are projected once per projection with cartopy. Coastlines come from the
+shipped Natural Earth GeoJSON (cartopy's downloader is disabled: nothing is fetched at run time).
 """
 
 from __future__ import annotations
@@ -69,6 +73,9 @@ DATA_CRS = ccrs.PlateCarree()
 CMAP = "RdBu_r"
 LAND_COLOR = "#d9d9d9"
 LEADS = tuple(range(1, 7))
+MAP_SLOTS = ("forecast", "observed", "error", "state")
+SERIES = ("observed", "convlstm", "persistence", "lim")  # after the input months' maps (input0, input1, …)
+STATE_PARAMS = ["layer", "channel", "state_kind", "input_month"]
 COLORS = {"observed": "black", "convlstm": "#d62728", "persistence": "#7f7f7f", "lim": "#1f77b4"}
 
 # URL query keys of the view's settings (``?view=enso&start=2015-11&lead=3&layer=2&channel=5&state=c&month=6``).
@@ -222,9 +229,9 @@ def projected_grid(key: str, lat: tuple, lon: tuple, width: int | None = None) -
 
 
 @lru_cache(maxsize=16)
-def projected_overlays(key: str, scale: str = "110m") -> dict:
-    """Coastlines, the Niño 3.4 box and the globe's outline projected once (plain HoloViews paths in the
-    projected frame)."""
+def projected_lines(key: str, scale: str = "110m") -> dict[str, np.ndarray]:
+    """Coastlines, the Niño 3.4 box and the globe's outline projected once: (n, 2) arrays in the projected frame,
+    separate lines joined by NaN rows."""
     crs = projection_crs(key)
     coast = []
     for line in coastline_geometries(scale):
@@ -234,12 +241,35 @@ def projected_overlays(key: str, scale: str = "110m") -> dict:
     lon = np.r_[np.linspace(-170, -120, 51), np.full(11, -120.0), np.linspace(-120, -170, 51), np.full(11, -170.0)]
     lat = np.r_[np.full(51, -5.0), np.linspace(-5, 5, 11), np.full(51, 5.0), np.linspace(5, -5, 11)]
     box = crs.transform_points(DATA_CRS, lon, lat)[:, :2]
-    outline = np.asarray(crs.boundary.coords)
-    return {
-        "coast": hv.Path([_nan_joined(coast)]).opts(color="#333333", line_width=0.8),
-        "box": hv.Path([box]).opts(color="black", line_width=1.5, line_dash="dashed"),
-        "outline": hv.Path([outline]).opts(color="#777777", line_width=1),
-    }
+    outline = np.asarray(crs.boundary.coords)[:, :2]
+    return {"coast": _nan_joined(coast), "box": np.asarray(box, dtype=float), "outline": outline.astype(float)}
+
+
+@lru_cache(maxsize=2)
+def _plot_frame_coast(scale: str = "110m") -> np.ndarray:
+    """Coastlines in the Pacific-centred plot frame (x = lon − 180) as one NaN-separated (n, 2) array."""
+    return _nan_joined(to_plot_frame(coastline_geometries(scale)))
+
+
+@lru_cache(maxsize=1)
+def diverging_palette(n: int = 256) -> tuple[str, ...]:
+    """The maps' colour palette: matplotlib's RdBu_r in ``n`` steps (blue negative, red positive)."""
+    try:
+        from matplotlib import colormaps
+        from matplotlib.colors import to_hex
+
+        return tuple(to_hex(c) for c in colormaps[CMAP](np.linspace(0, 1, n)))
+    except ImportError:  # pragma: no cover - matplotlib comes with cartopy
+        from bokeh.palettes import RdBu11
+
+        return tuple(reversed(RdBu11))
+
+
+def _symmetric_limit(values: np.ndarray) -> float:
+    """``max |values|`` (finite and positive; 1 for an empty or all-zero field): the colour bar spans −c..c."""
+    v = np.asarray(values, dtype=np.float32)
+    c = float(np.nanmax(np.abs(v))) if np.isfinite(v).any() else 1.0
+    return c if np.isfinite(c) and c > 0 else 1.0
 
 
 # ------------------------------------------------------------------------------------------------ hindcast
@@ -261,6 +291,7 @@ class EnsoHindcast:
     skill: pd.DataFrame         # rows (model, lead): r, rmse, n on the test years
     seconds: float
     source: str = "computed"    # "computed" or the hindcast file it was read from
+    data_key: str = ""          # sha256 of the inputs (:func:`data_key`): part of every engine cache key
     _store: object = field(default=None, repr=False)
     _lock: object = field(default_factory=threading.Lock, repr=False)
 
@@ -294,16 +325,35 @@ class EnsoHindcast:
             return self._store
 
 
-_CACHE: dict[tuple, EnsoHindcast] = {}
 _BACKGROUND: "weakref.WeakSet[StateStore]" = weakref.WeakSet()
+OUTPUTS = ("map", "nino34", "phase_logits")
 
 
 @atexit.register
 def _stop_background() -> None:
     for store in list(_BACKGROUND):
         store.stop()
-_CACHE_LOCK = threading.Lock()
-_KEY_LOCKS: dict[tuple, threading.Lock] = {}
+
+
+def _engine(engine=None):
+    """``engine`` or the process's engine (:func:`xaiscope.core.engine.get_engine`)."""
+    if engine is not None:
+        return engine
+    from xaiscope.core.engine import get_engine
+
+    return get_engine()
+
+
+def shared_demo_sst(engine=None) -> xr.Dataset:
+    """The shipped 5° SST data (:func:`xaiscope.data.sst.demo_sst`), read once per engine and shared by every
+    session (nothing changes it)."""
+    from xaiscope.data.sst import demo_sst
+
+    return _engine(engine).cached(("enso.demo_sst",), demo_sst)
+
+
+def _hindcast_key(ckpt, dkey: str, first_start, use_files: bool) -> tuple:
+    return ("enso.hindcast", ckpt.sha256, dkey, str(first_start), bool(use_files))
 
 
 def model_inputs(ckpt, ds: xr.Dataset) -> np.ndarray:
@@ -384,19 +434,23 @@ def _write_hindcast_file(ckpt, key: str, init, out: dict, path: Path) -> Path:
     return path
 
 
-def _forecast(ckpt, x_all, rows, window, progress=None, batch=16) -> dict:
+def _heads(model, xb):
+    out = model(xb)
+    return tuple(out[k] for k in OUTPUTS)
+
+
+def _forecast(ckpt, x_all, rows, window, progress=None, batch=16, engine=None) -> dict:
+    """The model's outputs for the start months ``rows`` (batches of ``batch``) through the engine."""
     import torch
 
-    from xaiscope.core.train_enso import predict
-
+    eng = _engine(engine)
     outs = []
     for s in range(0, len(rows), batch):
-        x = np.stack([x_all[t - window + 1:t + 1] for t in rows[s:s + batch]])
-        with torch.inference_mode():
-            outs.append(predict(ckpt.model, x, batch_size=batch))
+        x = torch.from_numpy(np.stack([x_all[t - window + 1:t + 1] for t in rows[s:s + batch]]))
+        outs.append([t.numpy() for t in eng.forward(ckpt, x, fn=_heads, what="ENSO hindcast")])
         if progress is not None:
             progress(min(len(rows), s + batch) / len(rows))
-    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+    return {k: np.concatenate([o[n] for o in outs]) for n, k in enumerate(OUTPUTS)}
 
 
 def save_hindcast(ckpt, ds: xr.Dataset, directory: str | Path | None = None, first_start=None) -> Path:
@@ -423,145 +477,186 @@ def _start_rows(times: pd.DatetimeIndex, window: int, first_start) -> np.ndarray
     return rows
 
 
-def hindcast_ready(ckpt, ds: xr.Dataset, first_start=None) -> bool:
-    """True when :func:`compute_hindcast` needs no model run: in this process already, or a stored file."""
+def hindcast_ready(ckpt, ds: xr.Dataset, first_start=None, engine=None) -> bool:
+    """True when :func:`compute_hindcast` needs no model run: in the engine's cache already, or a stored file."""
     m = ckpt.manifest
     first_start = first_start or m.get("val_period", [None])[0]
     dkey = data_key(ckpt, ds)
-    if (ckpt.sha256, dkey, str(first_start), True) in _CACHE:
+    if _hindcast_key(ckpt, dkey, first_start, True) in _engine(engine).cache:
         return True
     return any(f.exists() for f in hindcast_files(ckpt, dkey))
 
 
-def compute_hindcast(ckpt, ds: xr.Dataset, first_start=None, progress=None, use_files: bool = True) -> EnsoHindcast:
+def compute_hindcast(ckpt, ds: xr.Dataset, first_start=None, progress=None, use_files: bool = True,
+                     engine=None) -> EnsoHindcast:
     """ConvLSTM hindcast for every start month from ``first_start`` (default: the checkpoint's validation
-    start, i.e. out-of-sample months only) plus persistence and LIM for every month; cached in the process.
+    start, i.e. out-of-sample months only) plus persistence and LIM for every month.
 
-    The ConvLSTM part is read from a stored hindcast of the same checkpoint (sha256) and inputs
-    (:func:`data_key`) when there is one (``use_files``), else computed and stored in the user cache.
+    Kept in the engine's result cache (``("enso.hindcast", sha256, data key, first start, use_files)``): computed
+    once per server however many sessions ask at once, and shared by them. The ConvLSTM part is read from a stored
+    hindcast of the same checkpoint (sha256) and inputs (:func:`data_key`) when there is one (``use_files``), else
+    computed through the engine (:meth:`~xaiscope.core.engine.Engine.forward`) and stored in the user cache.
     ``progress(fraction, message)`` is called as the work goes on."""
+    m = ckpt.manifest
+    first_start = first_start or m.get("val_period", [None])[0]
+    x_all = model_inputs(ckpt, ds)
+    dkey = data_key(ckpt, ds, x_all)
+    eng = _engine(engine)
+    return eng.cached(_hindcast_key(ckpt, dkey, first_start, use_files),
+                      lambda: _build_hindcast(ckpt, ds, x_all, dkey, first_start, progress, use_files, eng))
+
+
+def _build_hindcast(ckpt, ds, x_all, dkey, first_start, progress, use_files, eng) -> EnsoHindcast:
     from xaiscope.core.lim import fit_lim, lead_skill, persistence_forecast
     from xaiscope.data.sst import nino34
 
     m = ckpt.manifest
-    first_start = first_start or m.get("val_period", [None])[0]
     report = progress or (lambda *_: None)
-    x_all = model_inputs(ckpt, ds)
-    dkey = data_key(ckpt, ds, x_all)
-    key = (ckpt.sha256, dkey, str(first_start), use_files)
-    with _CACHE_LOCK:
-        lock = _KEY_LOCKS.setdefault(key, threading.Lock())
-    with lock:  # one computation per key, however many sessions ask at once
-        if key in _CACHE:
-            return _CACHE[key]
-        t0 = time.perf_counter()
-        window, n_leads = int(m["window"]), int(m["n_leads"])
-        times = pd.DatetimeIndex(ds.time.values)
-        rows = _start_rows(times, window, first_start)
-        stored = _read_hindcast_file(ckpt, dkey, times[rows]) if use_files else None
-        if stored is not None:
-            out = dict(zip(("map", "nino34", "phase_logits"), stored[:3]))
-            source = str(stored[3])
-            report(0.8, "read the stored ConvLSTM hindcast")
-        else:
-            report(0.0, f"ConvLSTM hindcast of {len(rows)} start months")
-            out = _forecast(ckpt, x_all, rows, window,
-                            lambda f: report(0.85 * f, f"ConvLSTM hindcast: {int(round(f * len(rows)))} of "
-                                                       f"{len(rows)} start months"))
-            source = "computed"
-            if use_files:
-                try:
-                    _write_hindcast_file(ckpt, dkey, times[rows], out, hindcast_files(ckpt, dkey)[-1])
-                except OSError as err:  # a read-only cache only costs the next start its time
-                    log.warning("ENSO hindcast not stored: %s", err)
-        report(0.85, "persistence and linear inverse model")
-        sea = ds["land_mask"].values == 0
-        maps = np.where(sea, out["map"], np.nan).astype(np.float32)
-        observed = nino34(ds["sst_anomaly"])
-        leads = list(range(1, n_leads + 1))
-        pers = persistence_forecast(observed, leads)
-        lim = fit_lim(ds["sst_anomaly"], ds["land_mask"],
-                      n_modes=int(m.get("train_config", {}).get("lim_modes", 20)), period=tuple(m["train_period"]))
-        lim_fc = lim.forecast_index(ds["sst_anomaly"], leads)
-        conv = xr.DataArray(out["nino34"], dims=("time", "lead"), coords={"time": times[rows], "lead": leads})
-        test = m.get("test_period", [None, None])
-        frames = []
-        for name, fc in (("convlstm", conv), ("persistence", pers), ("lim", lim_fc)):
-            df = lead_skill(fc.sel(time=times[rows]) if name != "convlstm" else fc, observed, test[0],
-                            pd.Timestamp(test[1]) + pd.offsets.MonthEnd(0) if test[1] else None)
-            frames.append(df.assign(model=name).reset_index())
-        skill = pd.concat(frames).set_index(["model", "lead"])
-        hc = EnsoHindcast(ckpt, ds, x_all, times[rows], rows, maps, out["nino34"], out["phase_logits"].argmax(-1),
-                          observed, pers, lim_fc, skill, time.perf_counter() - t0, source)
-        _CACHE[key] = hc
-        report(1.0, "ready")
-        return hc
+    t0 = time.perf_counter()
+    window, n_leads = int(m["window"]), int(m["n_leads"])
+    times = pd.DatetimeIndex(ds.time.values)
+    rows = _start_rows(times, window, first_start)
+    stored = _read_hindcast_file(ckpt, dkey, times[rows]) if use_files else None
+    if stored is not None:
+        out = dict(zip(("map", "nino34", "phase_logits"), stored[:3]))
+        source = str(stored[3])
+        report(0.8, "read the stored ConvLSTM hindcast")
+    else:
+        report(0.0, f"ConvLSTM hindcast of {len(rows)} start months")
+        out = _forecast(ckpt, x_all, rows, window,
+                        lambda f: report(0.85 * f, f"ConvLSTM hindcast: {int(round(f * len(rows)))} of "
+                                                   f"{len(rows)} start months"), engine=eng)
+        source = "computed"
+        if use_files:
+            try:
+                _write_hindcast_file(ckpt, dkey, times[rows], out, hindcast_files(ckpt, dkey)[-1])
+            except OSError as err:  # a read-only cache only costs the next start its time
+                log.warning("ENSO hindcast not stored: %s", err)
+    report(0.85, "persistence and linear inverse model")
+    sea = ds["land_mask"].values == 0
+    maps = np.where(sea, out["map"], np.nan).astype(np.float32)
+    observed = nino34(ds["sst_anomaly"])
+    leads = list(range(1, n_leads + 1))
+    pers = persistence_forecast(observed, leads)
+    lim = fit_lim(ds["sst_anomaly"], ds["land_mask"],
+                  n_modes=int(m.get("train_config", {}).get("lim_modes", 20)), period=tuple(m["train_period"]))
+    lim_fc = lim.forecast_index(ds["sst_anomaly"], leads)
+    conv = xr.DataArray(out["nino34"], dims=("time", "lead"), coords={"time": times[rows], "lead": leads})
+    test = m.get("test_period", [None, None])
+    frames = []
+    for name, fc in (("convlstm", conv), ("persistence", pers), ("lim", lim_fc)):
+        df = lead_skill(fc.sel(time=times[rows]) if name != "convlstm" else fc, observed, test[0],
+                        pd.Timestamp(test[1]) + pd.offsets.MonthEnd(0) if test[1] else None)
+        frames.append(df.assign(model=name).reset_index())
+    skill = pd.concat(frames).set_index(["model", "lead"])
+    hc = EnsoHindcast(ckpt, ds, x_all, times[rows], rows, maps, out["nino34"], out["phase_logits"].argmax(-1),
+                      observed, pers, lim_fc, skill, time.perf_counter() - t0, source, data_key=dkey)
+    report(1.0, "ready")
+    return hc
 
 
 # ------------------------------------------------------------------------------------------------ states
 class StateStore:
-    """h and c of every layer, channel and input month for every start month of a hindcast, float16 on sea cells
-    (``(N, 2, months, channels, sea cells)``; about 1.9 MB per start month for the demo model). A start month is
-    computed on first use (one forward pass) or by :meth:`start_background`, which fills the rest in batches."""
+    """h and c of every layer, channel and input month of the start months of a hindcast, float16 on sea cells.
 
-    def __init__(self, hc: EnsoHindcast, batch: int = 8):
+    One block ``(2, months, channels, sea cells)`` per start month (about 1.9 MB for the demo model), kept in the
+    engine's result cache under ``("enso.states", sha256, data key, start month)``: every session on the same
+    checkpoint and data reads the same blocks, and the cache's memory bound applies (an evicted month is computed
+    again when asked for). A start month is computed on first use (one forward pass through the engine) or by
+    :meth:`start_background`, which fills the others in batches, nearest to the selected month first, as long as
+    they take at most ``FILL_SHARE`` of the cache.
+    """
+
+    FILL_SHARE = 0.6
+
+    def __init__(self, hc: EnsoHindcast, batch: int = 8, engine=None):
         model = hc.ckpt.model
         self.hc, self.batch = hc, batch
+        self._engine = engine  # None: the process's engine at each call
         self.window = int(hc.ckpt.manifest["window"])
         self.hidden = [int(h) for h in model.hidden]
         self.offsets = np.r_[0, np.cumsum(self.hidden)]
         self.sea = hc.sea
         self.n_sea = int(self.sea.sum())
-        self.data = np.zeros((len(hc.rows), 2, self.window, int(self.offsets[-1]), self.n_sea), np.float16)
-        self.done = np.zeros(len(hc.rows), bool)
+        self._sea_index = np.flatnonzero(self.sea.ravel())
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.seconds_background: float | None = None
 
-    def compute(self, idx) -> None:
-        """Run the model for the start months ``idx`` (positions in the hindcast) in one batch, keep h and c."""
+    @property
+    def engine(self):
+        return _engine(self._engine)
+
+    @property
+    def block_bytes(self) -> int:
+        return 2 * self.window * int(self.offsets[-1]) * self.n_sea * 2
+
+    def key(self, i: int) -> tuple:
+        return ("enso.states", self.hc.ckpt.sha256, self.hc.data_key, self.hc.months[int(i)])
+
+    @property
+    def done(self) -> np.ndarray:
+        """Which start months have their states in the cache now."""
+        cache = self.engine.cache
+        return np.array([self.key(i) in cache for i in range(len(self.hc.rows))], dtype=bool)
+
+    def _forward(self, idx) -> list[np.ndarray]:
+        """One forward pass (through the engine) for the start months ``idx``: their blocks."""
         import torch
 
-        idx = np.atleast_1d(np.asarray(idx, dtype=int))
         w, rows = self.window, self.hc.rows
         x = torch.as_tensor(np.stack([self.hc.x_all[r - w + 1:r + 1] for r in rows[idx]]))
-        model = self.hc.ckpt.model
-        p = next(model.parameters())
-        with torch.inference_mode():
-            _, states = model.run(x.to(device=p.device, dtype=p.dtype), keep_states=True)
+        sea = torch.from_numpy(self._sea_index)
+
+        def run(model, xb):  # h and c of every layer on the sea cells: (B, T, C_l, n_sea) each
+            _, states = model.run(xb.to(dtype=next(model.parameters()).dtype), keep_states=True)
+            s = sea.to(xb.device)
+            return tuple(t.flatten(-2)[..., s] for hc in states for t in hc)
+
+        out = self.engine.forward(self.hc.ckpt, x, fn=run, what="ENSO internal states")
         block = np.empty((len(idx), 2, w, int(self.offsets[-1]), self.n_sea), np.float16)
-        for layer, (h, c) in enumerate(states):  # (B, T, C_l, lat, lon)
+        for layer in range(len(self.hidden)):
             sl = slice(self.offsets[layer], self.offsets[layer + 1])
-            block[:, 0, :, sl] = h.float().cpu().numpy()[..., self.sea]
-            block[:, 1, :, sl] = c.float().cpu().numpy()[..., self.sea]
-        with self._lock:
-            self.data[idx] = block
-            self.done[idx] = True
+            block[:, 0, :, sl] = out[2 * layer].float().numpy()
+            block[:, 1, :, sl] = out[2 * layer + 1].float().numpy()
+        return [block[k].copy() for k in range(len(idx))]  # copies: a cached month must not hold the batch
+
+    def compute(self, idx) -> None:
+        """Run the model for the start months ``idx`` (positions in the hindcast) in one batch; cache h and c."""
+        idx = np.atleast_1d(np.asarray(idx, dtype=int))
+        cache = self.engine.cache
+        for i, block in zip(idx, self._forward(idx)):
+            cache.put(self.key(i), block)
+
+    def block(self, i: int) -> np.ndarray:
+        """The states of start month ``i``: (2 [h, c], months, channels of all layers, sea cells), float16."""
+        return self.engine.cached(self.key(i), lambda: self._forward(np.array([int(i)]))[0])
 
     def ensure(self, i: int) -> None:
-        if not self.done[i]:
-            self.compute([i])
+        self.block(i)
 
     def state_map(self, i: int, kind: str, month: int, layer: int, channel: int) -> np.ndarray:
         """(lat, lon) float32 map of state ``kind`` ('h' or 'c') of ``layer``/``channel`` at input month
         ``month`` (1..window) for start month ``i``; NaN on land."""
         if not 0 <= channel < self.hidden[layer]:
             raise XaiscopeError(f"layer {layer} has {self.hidden[layer]} channels; channel {channel} is out of range.")
-        self.ensure(i)
         out = np.full(self.sea.shape, np.nan, np.float32)
-        out[self.sea] = self.data[i, ("h", "c").index(kind), month - 1, self.offsets[layer] + channel]
+        out[self.sea] = self.block(i)[("h", "c").index(kind), month - 1, self.offsets[layer] + channel]
         return out
 
     def fill(self, first: int = 0) -> None:
-        """Compute every missing start month, nearest to ``first`` first, in batches."""
+        """Compute the missing start months, nearest to ``first`` first, in batches, while they take at most
+        ``FILL_SHARE`` of the engine's cache."""
         t0 = time.perf_counter()
-        order = np.argsort(np.abs(np.arange(len(self.done)) - first), kind="stable")
-        todo = [int(i) for i in order if not self.done[i]]
+        keep = int(self.FILL_SHARE * self.engine.cache.max_bytes // max(self.block_bytes, 1))
+        order = np.argsort(np.abs(np.arange(len(self.hc.rows)) - first), kind="stable")[:keep]
+        cache = self.engine.cache
+        todo = [int(i) for i in order if self.key(i) not in cache]
         for s in range(0, len(todo), self.batch):
             if self._stop.is_set():
                 return
-            chunk = [i for i in todo[s:s + self.batch] if not self.done[i]]
+            chunk = [i for i in todo[s:s + self.batch] if self.key(i) not in cache]
             if chunk:
                 self.compute(chunk)
         self.seconds_background = time.perf_counter() - t0
@@ -585,8 +680,8 @@ class StateStore:
     def _fill_logged(self, first):
         try:
             self.fill(first)
-            log.info("ENSO view: internal states of %d start months computed in %.1f s", len(self.done),
-                     self.seconds_background)
+            log.info("ENSO view: internal states of %d of %d start months in the cache after %.1f s",
+                     int(self.done.sum()), len(self.hc.rows), self.seconds_background or 0.0)
         except Exception:  # noqa: BLE001 - a failed background fill only costs on-demand computation
             log.error("ENSO view: background state computation failed", exc_info=True)
 
@@ -633,17 +728,23 @@ class EnsoExplorer(pn.viewable.Viewer):
         self._doc = pn.state.curdoc
         self._clim_key, self._clim = None, 1.0
         self._maps_cache: dict[str, tuple] = {}
+        self._figs: dict[str, dict] = {}  # projection -> map slot -> {"figure", "source", "mapper"}
+        self._state_shown = False  # the "Internal states" tab is open
+        self._state_stale = False
         try:
-            from xaiscope.core import convlstm  # noqa: F401 - registers the model kind
-            from xaiscope.core.checkpoint import Checkpoint, load_checkpoint
-            from xaiscope.data.sst import demo_sst
+            import importlib
 
-            ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(
+            importlib.import_module("xaiscope.core.convlstm")  # registers the model kind
+            from xaiscope.core.checkpoint import Checkpoint
+
+            eng = _engine()
+            # one read of the file and one model per server: the engine keeps both for every session
+            ckpt = eng.share(checkpoint) if isinstance(checkpoint, Checkpoint) else eng.open_checkpoint(
                 checkpoint or default_checkpoint())
             if ckpt.manifest.get("kind") != "enso_convlstm":
                 raise XaiscopeError(f"checkpoint {ckpt.path} is a {ckpt.manifest.get('kind')!r} model; the ENSO "
                                     "view needs an 'enso_convlstm' checkpoint (xaiscope train enso).")
-            ds = sst if sst is not None else demo_sst()
+            ds = sst if sst is not None else shared_demo_sst(eng)
             if background is None:
                 background = bool(pn.state.curdoc is not None and pn.state.curdoc.session_context is not None)
             if background and not hindcast_ready(ckpt, ds, first_start):
@@ -854,11 +955,11 @@ class EnsoExplorer(pn.viewable.Viewer):
         a layer's channels (from the state store: float16 precision)."""
         st = self.hc.states
         i = self.index
-        st.ensure(i)
+        data = st.block(i)
         w, width = st.window, max(st.hidden)
         arr = np.full((2, w, len(st.hidden), width) + st.sea.shape, np.nan, np.float32)
         for layer, n in enumerate(st.hidden):
-            block = st.data[i, :, :, st.offsets[layer]:st.offsets[layer] + n].astype(np.float32)
+            block = data[:, :, st.offsets[layer]:st.offsets[layer] + n].astype(np.float32)
             arr[:, :, layer, :n][..., st.sea] = block
         r = self.hc.rows[i]
         ds = self.hc.ds
@@ -879,26 +980,61 @@ class EnsoExplorer(pn.viewable.Viewer):
     def skill_frame(self) -> pd.DataFrame:
         return self.hc.skill.reset_index()
 
-    # ------------------------------------------------------------------------------ elements
-    def _map_element(self, values: np.ndarray, title: str, clim: float | None = None, name: str = "value",
-                     projection: str | None = None):
-        """A map of a (lat, lon) field in the selected projection: a GeoViews image in the Pacific-centred Plate
-        Carrée frame, or an image on the projected frame's pixels (look-up table, see :func:`projected_grid`)."""
-        v = np.asarray(values, dtype=np.float32)
-        c = clim or float(np.nanmax(np.abs(v))) if np.isfinite(v).any() else 1.0
-        c = c if c and np.isfinite(c) and c > 0 else 1.0
+    # ------------------------------------------------------------------------------ maps (plain Bokeh)
+    def map_slots(self) -> list[str]:
+        """The maps of the view: ``input0`` … ``input5`` (input months), ``forecast``, ``observed``, ``error`` and
+        ``state``."""
+        return [f"input{k}" for k in range(int(self.hc.ckpt.manifest["window"]))] + list(MAP_SLOTS)
+
+    def map_values(self, slot: str) -> tuple[np.ndarray, str, float]:
+        """The (lat, lon) field of a map, its title and colour limit ``c`` (the colour bar spans −c..c)."""
+        if slot.startswith("input"):
+            k = int(slot[5:])
+            vals, times = self._input_values()
+            return vals[k], f"input {k + 1}: {times[k]:%Y-%m}", self._map_clim()
+        if slot == "forecast":
+            return (self._forecast_values(), f"ConvLSTM forecast for {self.verify_month():%Y-%m} (lead {self.lead})",
+                    self._map_clim())
+        if slot == "observed":
+            ob = self._observed_values()
+            vals = ob if ob is not None else np.full(self.hc.maps.shape[2:], np.nan, np.float32)
+            return vals, f"observed {self.verify_month():%Y-%m}", self._map_clim()
+        if slot == "error":
+            return self._error_values(), "error (forecast − observed)", self._map_clim()
+        if slot == "state":
+            t0 = time.perf_counter()
+            vals = self._state_values()
+            i = self.hc.rows[self.index]
+            t = pd.Timestamp(self.hc.ds.time.values[i - int(self.hc.ckpt.manifest["window"]) + self.input_month])
+            self.timings["state_map_s"] = time.perf_counter() - t0
+            return vals, self._state_title(t), _symmetric_limit(vals)
+        raise XaiscopeError(f"unknown ENSO map {slot!r}; one of {self.map_slots()}.")
+
+    def map_image(self, values: np.ndarray, projection: str | None = None) -> dict:
+        """A (lat, lon) field as the data of a Bokeh image in ``projection`` (default: the selected one):
+        ``image`` (rows from the bottom), ``x``, ``y`` (lower-left corner), ``dw``, ``dh``. Plate Carrée: the data
+        grid in the Pacific-centred frame (x = lon − 180, degrees); other projections: the field on the projected
+        frame's pixels (metres; look-up table, see :func:`projected_grid`), NaN where no cell is drawn."""
         key = projection or self.projection
-        ds = self.hc.ds
-        opts = dict(cmap=CMAP, clim=(-c, c), colorbar=True, title=title, tools=["hover"])
+        v = np.asarray(values, dtype=np.float32)
         if key == "platecarree":
             x0, x1, y0, y1 = self._pc_extent
-            img = gv.Image(v[::-1] if self._lat_ascending else v, bounds=(x0, y0, x1, y1), kdims=["lon", "lat"],
-                           vdims=[name], crs=CRS)
-            return img.opts(clipping_colors={"NaN": LAND_COLOR}, **opts)
-        g = self._grid(key)
-        x0, x1, y0, y1 = g.extent
-        img = hv.Image(g.warp(v)[::-1], bounds=(x0, y0, x1, y1), kdims=["x", "y"], vdims=[name])
-        return img.opts(clipping_colors={"NaN": "transparent"}, **opts)
+            img = v if self._lat_ascending else v[::-1]
+        else:
+            x0, x1, y0, y1 = self._grid(key).extent
+            img = self._grid(key).warp(v)  # pixel rows ascend in y: the bottom row first, as Bokeh draws
+        return {"image": [np.ascontiguousarray(img, dtype=np.float32)], "x": [float(x0)], "y": [float(y0)],
+                "dw": [float(x1 - x0)], "dh": [float(y1 - y0)]}
+
+    def map_data(self, slot: str, projection: str | None = None) -> dict:
+        """What a map shows now: ``source`` (:meth:`map_image`), ``low``/``high`` of the colour bar, ``title``."""
+        vals, title, c = self.map_values(slot)
+        return {"source": self.map_image(vals, projection), "low": -c, "high": c, "title": title}
+
+    def plot_sources(self, projection: str | None = None) -> dict[str, dict]:
+        """The data the map figures of ``projection`` hold now (``ColumnDataSource.data`` by map)."""
+        figs = self._figs.get(projection or self.projection, {})
+        return {slot: dict(f["source"].data) for slot, f in figs.items()}
 
     @cached_property
     def _lat_ascending(self) -> bool:
@@ -915,9 +1051,6 @@ class EnsoExplorer(pn.viewable.Viewer):
         ds = self.hc.ds
         return projected_grid(key or self.projection, tuple(ds.lat.values.tolist()), tuple(ds.lon.values.tolist()))
 
-    def _image(self, da: xr.DataArray, title: str, clim: float | None = None):
-        return self._map_element(da.values, title, clim, da.name or "value")
-
     def _map_clim(self) -> float:
         key = (self.hc.ckpt.sha256, self.start)
         if key != self._clim_key:
@@ -926,35 +1059,129 @@ class EnsoExplorer(pn.viewable.Viewer):
             self._clim_key = key
         return self._clim
 
-    # Each map element is drawn in the given projection (default: the selected one); a DynamicMap keeps the
-    # projection it was built for.
-    def input_element(self, k: int, projection: str | None = None, **_):
-        vals, times = self._input_values()
-        return self._map_element(vals[k], f"input {k + 1}: {times[k]:%Y-%m}", self._map_clim(), "sst_anomaly",
-                                 projection)
+    def _land_image(self, key: str) -> dict:
+        return self.map_image(np.where(self.hc.sea, np.nan, 1.0), key)
 
-    def forecast_element(self, projection: str | None = None, **_):
-        return self._map_element(self._forecast_values(), f"ConvLSTM forecast for {self.verify_month():%Y-%m} "
-                                 f"(lead {self.lead})", self._map_clim(), "forecast", projection)
+    def _map_figure(self, key: str, slot: str, height: int, data: dict) -> dict:
+        """One map: a Bokeh figure with its image source and colour mapper (updated in place afterwards), the
+        colour bar, hover, coastlines and the Niño 3.4 box; Plate Carrée with °E/°W and °N/°S ticks."""
+        from bokeh.models import (ColorBar, ColumnDataSource, CustomJSHover, CustomJSTickFormatter, DataRange1d,
+                                  FixedTicker, HoverTool, LinearColorMapper)
+        from bokeh.plotting import figure
 
-    def observed_element(self, projection: str | None = None, **_):
-        ob = self._observed_values()
-        vals = ob if ob is not None else np.full(self.hc.maps.shape[2:], np.nan, np.float32)
-        return self._map_element(vals, f"observed {self.verify_month():%Y-%m}", self._map_clim(), "observed",
-                                 projection)
+        pc = key == "platecarree"
+        src = ColumnDataSource(data["source"])
+        mapper = LinearColorMapper(palette=diverging_palette(), low=data["low"], high=data["high"],
+                                   nan_color=LAND_COLOR if pc else "rgba(0, 0, 0, 0)")
+        # ranges of the image only (not the coastlines), widened to keep the data's aspect in any frame size
+        xr_, yr_ = DataRange1d(range_padding=0), DataRange1d(range_padding=0)
+        f = figure(height=height, sizing_mode="stretch_width", x_range=xr_, y_range=yr_, match_aspect=True,
+                   title=data["title"], tools="pan,wheel_zoom,box_zoom,reset,save", output_backend="canvas",
+                   min_border_right=10)
+        f.toolbar.logo = None
+        f.grid.visible = False
+        f.title.text_font_size = "12px"
+        if not pc:
+            land = self._land_image(key)
+            f.image(image=land["image"], x=land["x"][0], y=land["y"][0], dw=land["dw"][0], dh=land["dh"][0],
+                    color_mapper=LinearColorMapper(palette=[LAND_COLOR], low=0, high=2, nan_color="rgba(0, 0, 0, 0)"))
+        img = f.image(image="image", x="x", y="y", dw="dw", dh="dh", source=src, color_mapper=mapper)
+        xr_.renderers, yr_.renderers = [img], [img]
+        tips = [("value", "@image{0.00}")]
+        if pc:
+            coast = _plot_frame_coast()
+            f.line(coast[:, 0], coast[:, 1], line_color="#333333", line_width=0.8)
+            f.quad(left=[10], right=[60], bottom=[-5], top=[5], fill_alpha=0, line_color="black", line_width=1.5,
+                   line_dash="dashed")  # Niño 3.4: 190–240°E, 5°S–5°N in the frame x = lon − 180
+            f.xaxis.formatter = CustomJSTickFormatter(code=LON_TICKS.code)
+            f.xaxis.ticker = FixedTicker(ticks=[-150, -90, -30, 30, 90, 150])  # 30°E, 90°E, … (x = lon − 180)
+            f.yaxis.formatter = CustomJSTickFormatter(code=LAT_TICKS.code)
+            lon_hover = CustomJSHover(code="const lon = ((value + 180 + 540) % 360) - 180; "
+                                           "return Math.abs(lon).toFixed(1) + (lon < 0 ? '°W' : '°E');")
+            f.add_tools(HoverTool(renderers=[img], tooltips=[("lon", "$x{custom}"), ("lat", "$y{0.0}")] + tips,
+                                  formatters={"$x": lon_hover}))
+        else:
+            ov = projected_lines(key)
+            for name, kw in (("coast", dict(line_color="#333333", line_width=0.8)),
+                             ("box", dict(line_color="black", line_width=1.5, line_dash="dashed")),
+                             ("outline", dict(line_color="#777777", line_width=1))):
+                f.line(ov[name][:, 0], ov[name][:, 1], **kw)
+            f.axis.visible = False
+            f.add_tools(HoverTool(renderers=[img], tooltips=tips))
+        f.add_layout(ColorBar(color_mapper=mapper, width=10), "right")
+        return {"figure": f, "source": src, "mapper": mapper}
 
-    def error_element(self, projection: str | None = None, **_):
-        return self._map_element(self._error_values(), "error (forecast − observed)", self._map_clim(), "error",
-                                 projection)
+    def _series_data(self) -> dict:
+        df = self.series()
+        return {"time": df.index.values, **{c: df[c].values.astype(float) for c in SERIES}}
 
-    def state_element(self, projection: str | None = None, **_):
+    def _series_title(self) -> str:
+        return f"Niño 3.4 (°C): forecasts at lead {self.lead} (verifying month)"
+
+    def _marker_ms(self) -> float:
+        return pd.Timestamp(self.hc.init[self.index]).value / 1e6  # Bokeh's datetime axis: ms since the epoch
+
+    def _series_figure(self):
+        """The Niño 3.4 series (observed and the three forecasts at the selected lead) as a Bokeh figure: the lines
+        change with the lead, the start-month marker (a Span) with the start month; a click moves the start."""
+        from bokeh.events import Tap
+        from bokeh.models import BoxAnnotation, ColumnDataSource, Legend, LegendItem, Range1d, Span
+        from bokeh.plotting import figure
+
+        f = figure(height=300, sizing_mode="stretch_width", x_axis_type="datetime", y_range=Range1d(-3, 3.5),
+                   title=self._series_title(), x_axis_label="verifying month", y_axis_label="Niño 3.4 anomaly (°C)",
+                   tools="pan,wheel_zoom,box_zoom,reset,save", output_backend="canvas")
+        f.toolbar.logo = None
+        f.title.text_font_size = "12px"
+        f.add_layout(BoxAnnotation(bottom=0.5, top=4, fill_color="#d62728", fill_alpha=0.08, line_alpha=0))
+        f.add_layout(BoxAnnotation(bottom=-4, top=-0.5, fill_color="#1f77b4", fill_alpha=0.08, line_alpha=0))
+        src = ColumnDataSource(self._series_data())
+        items = [LegendItem(label=c, renderers=[f.line("time", c, source=src, color=COLORS[c],
+                                                         line_width=2 if c == "observed" else 1.5)])
+                 for c in SERIES]
+        f.add_layout(Legend(items=items, location="top_left", label_text_font_size="11px", spacing=0, padding=4))
+        marker = Span(location=self._marker_ms(), dimension="height", line_color="#2ca02c", line_width=2)
+        f.add_layout(marker)
+        f.on_event(Tap, lambda e: self.set_start(e.x) if e.x is not None else None)
+
+        def on_lead(*_):
+            src.data = self._series_data()
+            f.title.text = self._series_title()
+
+        self.param.watch(lambda *_: setattr(marker, "location", self._marker_ms()), ["start"])
+        self.param.watch(on_lead, ["lead"])
+        self._series = {"figure": f, "source": src, "marker": marker}
+        return f
+
+    def _state_visible(self) -> bool:
+        return self._state_shown
+
+    def _push(self, slots) -> None:
+        """Put the selection's maps into the figures of the selected projection, in place (image data, colour
+        limits, titles); the state map only while its tab is shown (else when the tab is opened)."""
+        figs = self._figs.get(self.projection)
+        if not figs:
+            return
         t0 = time.perf_counter()
-        vals = self._state_values()
-        i = self.hc.rows[self.index]
-        t = pd.Timestamp(self.hc.ds.time.values[i - int(self.hc.ckpt.manifest["window"]) + self.input_month])
-        el = self._map_element(vals, self._state_title(t), None, f"{self.state_kind}_state", projection)
-        self.timings["state_map_s"] = time.perf_counter() - t0
-        return el
+        try:
+            with pn.io.hold():
+                for slot in slots:
+                    if slot == "state" and not self._state_visible():
+                        self._state_stale = True
+                        continue
+                    d = self.map_data(slot)
+                    f = figs[slot]
+                    f["source"].data = d["source"]
+                    f["mapper"].update(low=d["low"], high=d["high"])
+                    f["figure"].title.text = d["title"]
+                    if slot == "state":
+                        self._state_stale = False
+        except Exception as err:  # noqa: BLE001 - shown to the user, the app keeps running
+            from xaiscope.dashboard.state import describe_error
+
+            log.error("ENSO view: map update failed", exc_info=True)
+            self._show_error(f"Cannot update the maps: {describe_error(err)}")
+        self.timings["maps_update_ms"] = 1000 * (time.perf_counter() - t0)
 
     def series_element(self, **_) -> hv.Overlay:
         df = self.series()
@@ -1009,22 +1236,6 @@ class EnsoExplorer(pn.viewable.Viewer):
         # cache_size=1: no memory of past frames (and no ranges computed over them)
         return hv.DynamicMap(fn, streams=[hv.streams.Params(self, deps)], cache_size=1)
 
-    def _geo(self, dmap, height=230, projection: str | None = None):
-        key = projection or self.projection
-        if key == "platecarree":
-            return (dmap * _coast_path() * _nino_box()).opts(projection=CRS, responsive=True, height=height,
-                                                              xlabel="", ylabel="", xformatter=CustomJSTickFormatter(code=LON_TICKS.code),
-                                                              yformatter=CustomJSTickFormatter(code=LAT_TICKS.code), framewise=True)
-        g = self._grid(key)
-        ov = projected_overlays(key)
-        land = hv.Image((g.x, g.y, g.warp(np.where(self.hc.sea, np.nan, 1.0))), kdims=["x", "y"],
-                        vdims=["land"]).opts(cmap=[LAND_COLOR], clim=(0, 2), colorbar=False,
-                                             clipping_colors={"NaN": "transparent"})
-        x0, x1, y0, y1 = g.extent
-        return (dmap * land * ov["coast"] * ov["box"] * ov["outline"]).opts(
-            responsive=True, height=height + 40, data_aspect=1, xaxis=None, yaxis=None, xlim=(x0, x1),
-            ylim=(y0, y1), show_grid=False, framewise=True)
-
     def __panel__(self):
         if self._root is None:
             self._root = pn.Column(self._alert, sizing_mode="stretch_width", css_classes=["xs-enso"])
@@ -1044,23 +1255,30 @@ class EnsoExplorer(pn.viewable.Viewer):
         return self._layout
 
     def _map_panes(self, key: str) -> tuple:
-        """The map grid (inputs, forecast, observed, error) and the state map in projection ``key``; built once
-        per projection (the DynamicMaps update in place afterwards)."""
+        """The map grid (inputs, forecast, observed, error) and the state map in projection ``key``: Bokeh figures
+        built once per projection, updated in place afterwards (:meth:`_push`)."""
         if key not in self._maps_cache:
-            hv_pane = dict(sizing_mode="stretch_width", linked_axes=False)
-            sel = ["start", "lead"]
-            inputs = [self._geo(self._dmap(lambda k=k, **kw: self.input_element(k, key), ["start"]), 180, key)
-                      for k in range(int(self.hc.ckpt.manifest["window"]))]
-            fc = self._geo(self._dmap(lambda **kw: self.forecast_element(key), sel), projection=key)
-            ob = self._geo(self._dmap(lambda **kw: self.observed_element(key), sel), projection=key)
-            er = self._geo(self._dmap(lambda **kw: self.error_element(key), sel), projection=key)
-            st = self._geo(self._dmap(lambda **kw: self.state_element(key), ["start", "layer", "channel",
-                                                                              "state_kind", "input_month"]), 300, key)
+            heights = {"forecast": 230, "observed": 230, "error": 230, "state": 300}
+            figs = {}
+            for slot in self.map_slots():
+                if slot == "state" and not self._state_visible():  # filled in when its tab is opened
+                    vals = np.full(self.hc.sea.shape, np.nan, np.float32)
+                    data = {"source": self.map_image(vals, key), "low": -1.0, "high": 1.0, "title": " "}
+                    self._state_stale = True
+                else:
+                    data = self.map_data(slot, key)
+                figs[slot] = self._map_figure(key, slot, heights.get(slot, 180), data)
+            self._figs[key] = figs
+            bk = dict(sizing_mode="stretch_width")
+            inputs = [s for s in self.map_slots() if s.startswith("input")]
             grid = pn.Column(
-                pn.GridBox(*[pn.pane.HoloViews(e, **hv_pane) for e in inputs], ncols=3, sizing_mode="stretch_width"),
-                pn.GridBox(*[pn.pane.HoloViews(e, **hv_pane) for e in (fc, ob, er)], ncols=3,
-                           sizing_mode="stretch_width"), sizing_mode="stretch_width")
-            self._maps_cache[key] = (grid, pn.pane.HoloViews(st, **hv_pane))
+                pn.GridBox(*[pn.pane.Bokeh(figs[s]["figure"], **bk) for s in inputs], ncols=3,
+                           sizing_mode="stretch_width"),
+                pn.GridBox(*[pn.pane.Bokeh(figs[s]["figure"], **bk) for s in ("forecast", "observed", "error")],
+                           ncols=3, sizing_mode="stretch_width"), sizing_mode="stretch_width")
+            self._maps_cache[key] = (grid, pn.pane.Bokeh(figs["state"]["figure"], **bk))
+        else:
+            self._push(self.map_slots())  # the selection may have moved while another projection was shown
         return self._maps_cache[key]
 
     def _make_layout(self):
@@ -1098,16 +1316,12 @@ class EnsoExplorer(pn.viewable.Viewer):
 
         self.param.watch(to_projection, "projection")
         self._maps_box, self._state_box = maps_box, state_box
+        # the maps follow the selection in place: new image data, colour limits and titles, no new plots
+        self.param.watch(lambda *_: self._push(self.map_slots()), ["start"])
+        self.param.watch(lambda *_: self._push(["forecast", "observed", "error"]), ["lead"])
+        self.param.watch(lambda *_: self._push(["state"]), STATE_PARAMS)
 
-        obs_curve = self._dmap(self.series_element, ["lead"])
-        tap = hv.streams.Tap(source=obs_curve, x=None)
-        tap.add_subscriber(lambda x=None, **_: self.set_start(x) if x is not None else None)
-        self._tap = tap
-        shade = (hv.HSpan(0.5, 4).opts(color="#d62728", alpha=0.08) *
-                 hv.HSpan(-4, -0.5).opts(color="#1f77b4", alpha=0.08))
-        series = (shade * obs_curve * self._dmap(self.marker_element, ["start"])).opts(
-            responsive=True, height=300, legend_position="top_left", ylim=(-3, 3.5), xlabel="verifying month",
-            ylabel="Niño 3.4 anomaly (°C)")
+        series = self._series_figure()
 
         table = pn.widgets.Tabulator(self.skill_frame().round(3), disabled=True, show_index=False,
                                      sizing_mode="stretch_width", height=280)
@@ -1128,11 +1342,7 @@ class EnsoExplorer(pn.viewable.Viewer):
             f"{'..'.join(self.hc.ckpt.manifest.get('test_period', []))}; ConvLSTM hindcast {src} "
             f"(checkpoint sha256 `{self.hc.ckpt.sha256[:12]}`).")
         hv_pane = dict(sizing_mode="stretch_width", linked_axes=False)
-        return pn.Column(
-            pn.pane.Markdown("## ENSO forecasts (ConvLSTM)\nClick the Niño 3.4 series to move the start month."),
-            pn.Row(pn.Column(slider, player), lead_w, proj_w),
-            pn.pane.HoloViews(series, **hv_pane),
-            pn.Tabs(
+        tabs = pn.Tabs(
                 ("Maps", pn.Column(maps_box, fc_table, sizing_mode="stretch_width")),
                 ("Internal states", pn.Column(state_ctl, state_box, sizing_mode="stretch_width")),
                 ("Skill", pn.Row(pn.Column(skill_md, table), pn.pane.HoloViews(
@@ -1141,8 +1351,19 @@ class EnsoExplorer(pn.viewable.Viewer):
                 ("Downloads", pn.Column(pn.pane.Markdown("NetCDF files with the checkpoint's sha256 and the "
                                                          "settings as global attributes."), dl_maps, dl_series,
                                         max_width=500)),
-                dynamic=True, sizing_mode="stretch_width"),
-            sizing_mode="stretch_width")
+                dynamic=True, sizing_mode="stretch_width")
+
+        def to_tab(e):
+            self._state_shown = e.new == 1
+            if self._state_shown and self._state_stale:
+                self._push(["state"])
+
+        tabs.param.watch(to_tab, "active")
+        self._tabs = tabs
+        return pn.Column(
+            pn.pane.Markdown("## ENSO forecasts (ConvLSTM)\nClick the Niño 3.4 series to move the start month."),
+            pn.Row(pn.Column(slider, player), lead_w, proj_w),
+            pn.pane.Bokeh(series, sizing_mode="stretch_width"), tabs, sizing_mode="stretch_width")
 
 
 from xaiscope.dashboard.registry import register_view  # noqa: E402

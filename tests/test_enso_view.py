@@ -119,14 +119,13 @@ def test_skill_table_matches_numpy(view, ds):
 
 
 def test_map_elements(view, ds):
-    import geoviews as gv
     import holoviews as hv
 
-    view.start, view.lead = "2015-11", 3
-    el = view.forecast_element()
-    assert isinstance(el, gv.Image)
-    lo, hi = el.opts.get().kwargs["clim"]
-    assert lo == -hi and hi > 0
+    view.param.update(start="2015-11", lead=3, projection="platecarree")
+    d = view.map_data("forecast")
+    assert d["low"] == -d["high"] and d["high"] > 0
+    assert d["title"] == "ConvLSTM forecast for 2016-02 (lead 3)"
+    np.testing.assert_array_equal(d["source"]["image"][0], view.forecast_map().values)  # lat ascending: bottom row first
     ob = view.observed_map()
     np.testing.assert_allclose(ob.values, ds["sst_anomaly"].sel(time="2016-02-01").values, equal_nan=True)
     np.testing.assert_allclose(view.error_map().values, view.forecast_map().values - ob.values, equal_nan=True)
@@ -134,8 +133,13 @@ def test_map_elements(view, ds):
     assert [f"{t:%Y-%m}" for t in pd.DatetimeIndex(ins.time.values)] == [
         "2015-06", "2015-07", "2015-08", "2015-09", "2015-10", "2015-11"]
     # the plotted image: lon shifted into the Pacific-centred frame, values as the map
-    img = view.input_element(5)
-    np.testing.assert_allclose(img.dimension_values(0, expanded=False), ds.lon.values - 180)
+    src = view.map_data("input5")["source"]
+    img = src["image"][0]
+    dx = src["dw"][0] / img.shape[1]
+    np.testing.assert_allclose(src["x"][0] + (np.arange(img.shape[1]) + 0.5) * dx, ds.lon.values - 180)
+    dy = src["dh"][0] / img.shape[0]
+    np.testing.assert_allclose(src["y"][0] + (np.arange(img.shape[0]) + 0.5) * dy, ds.lat.values)
+    np.testing.assert_array_equal(img, ds["sst_anomaly"].sel(time="2015-11-01").values)
     series = view.series_element()
     assert isinstance(series, hv.Overlay) and len(series) == 4
     assert all(isinstance(c, hv.Curve) for c in series)
@@ -212,8 +216,6 @@ def test_wrong_checkpoint_kind_shows_error():
 
 
 def test_layout_renders(view):
-    import panel as pn
-
     root = view.__panel__().get_root()
     assert root is not None
     before = view.__panel__()
@@ -271,8 +273,10 @@ def test_state_store_batch_and_background_fill(view, ds):
     from xaiscope.core.convlstm import convlstm_states
     from xaiscope.dashboard.enso import StateStore
 
+    from xaiscope.core.engine import Engine, EngineSettings
+
     hc = view.hc
-    store = StateStore(hc, batch=5)
+    store = StateStore(hc, batch=5, engine=Engine(EngineSettings(device="cpu")))  # its own (empty) cache
     store.compute([3, 7, 11])
     assert store.done[[3, 7, 11]].all() and store.done.sum() == 3
     w = int(hc.ckpt.manifest["window"])
@@ -294,26 +298,27 @@ def test_state_store_batch_and_background_fill(view, ds):
 def test_projection_switch_reprojects_maps(view, ds):
     """Robinson and orthographic maps: each data cell's centre, projected with pyproj (independent of the
     cartopy look-up table), lands on a pixel showing that cell's value; land and the Niño 3.4 box follow."""
-    import geoviews as gv
-    import holoviews as hv
     import pyproj
 
     from xaiscope.dashboard import enso
 
+    def pixel_centres(src):
+        img = src["image"][0]
+        xs = src["x"][0] + (np.arange(img.shape[1]) + 0.5) * src["dw"][0] / img.shape[1]
+        ys = src["y"][0] + (np.arange(img.shape[0]) + 0.5) * src["dh"][0] / img.shape[0]  # row 0 at the bottom
+        return img, xs, ys
+
     view.param.update(start="2015-11", lead=3, projection="platecarree")
-    pc = view.input_element(5)
-    assert isinstance(pc, gv.Image) and pc.crs.proj4_params["lon_0"] == 180
+    _, xs, _ = pixel_centres(view.map_data("input5")["source"])
+    assert abs(xs).max() <= 180  # degrees in the frame x = lon − 180
     field = ds["sst_anomaly"].sel(time="2015-11-01").values
     lat, lon = ds.lat.values, ds.lon.values
     for key, proj4 in (("robinson", "+proj=robin +lon_0=180"), ("orthographic", "+proj=ortho +lon_0=-160 +lat_0=0")):
         assert all(f"{k}={v}" in enso.projection_crs(key).proj4_init for k, v in
                    (a.lstrip("+").split("=") for a in proj4.split()))  # the projection we mean
         view.projection = key
-        el = view.input_element(5)
-        assert isinstance(el, hv.Image) and not isinstance(el, gv.Image)
-        xs, ys = el.dimension_values(0, expanded=False), el.dimension_values(1, expanded=False)
+        img, xs, ys = pixel_centres(view.map_data("input5")["source"])
         assert abs(xs).max() > 1e6  # metres, not degrees
-        img = el.dimension_values(2, flat=False)  # (y, x)
         # PROJ directly (pyproj), on the projection's own globe
         tr = pyproj.Transformer.from_crs("EPSG:4326", pyproj.CRS(enso.projection_crs(key).proj4_init),
                                          always_xy=True)
@@ -328,16 +333,16 @@ def test_projection_switch_reprojects_maps(view, ds):
         sea = (ds["land_mask"].values == 0)[ok]
         np.testing.assert_allclose(shown[sea], field[ok][sea], rtol=1e-6)
         assert np.isnan(shown[~sea]).all()  # land: NaN in the data image …
-        ov = view._geo(view._dmap(lambda **_: view.input_element(5), ["start"]), projection=key)
-        land = [e for e in ov[()] if isinstance(e, hv.Image) and e.vdims[0].name == "land"][0]
-        assert (land.dimension_values(2, flat=False)[iy, jx][~sea] == 1).all()  # … drawn grey below
+        land = view._land_image(key)["image"][0]
+        assert (land[iy, jx][~sea] == 1).all()  # … drawn grey below
+        assert np.isnan(land[iy, jx][sea]).all()
         # the Niño 3.4 box: its corners are the projected corners of 190–240°E, 5°S–5°N
-        box = enso.projected_overlays(key)["box"].array([0, 1])
+        box = enso.projected_lines(key)["box"]
         cx, cy = tr.transform([-170, -120, -120, -170], [-5, -5, 5, 5])
         for x, y in zip(cx, cy):
             assert np.hypot(box[:, 0] - x, box[:, 1] - y).min() < 1e3
         # coastline vertices, back to lon/lat with pyproj, lie on the Natural Earth coastline
-        coast = np.concatenate(enso.projected_overlays(key)["coast"].split(datatype="array"))
+        coast = enso.projected_lines(key)["coast"]
         coast = coast[np.isfinite(coast).all(1)][::25]  # lines are separated by NaN rows
         assert len(coast) > 50
         lo, la = tr.transform(coast[:, 0], coast[:, 1], direction="INVERSE")
@@ -373,7 +378,8 @@ def test_projection_and_state_settings_round_trip_in_url(view):
 
 
 def test_layout_projection_switch_swaps_maps(view):
-    import holoviews as hv
+    import panel as pn
+    from bokeh.plotting import figure
 
     view.projection = "platecarree"
     view.__panel__()
@@ -382,12 +388,102 @@ def test_layout_projection_switch_swaps_maps(view):
     grid = view._maps_box.objects[0]
     assert grid is not pc_grid
     pane = grid.objects[0].objects[0]
-    el = pane.object.last if isinstance(pane.object, hv.DynamicMap) else pane.object
-    assert el is None or isinstance(el, hv.Overlay)
+    assert isinstance(pane, pn.pane.Bokeh) and isinstance(pane.object, figure)
+    srcs = view.plot_sources("mollweide")
+    assert srcs["input0"]["dw"][0] > 1e7  # metres
     root = view.__panel__().get_root()
     assert root is not None
+    view.param.update(start="2016-05")  # shown in mollweide now; the Plate Carrée figures catch up when shown again
     view.projection = "platecarree"
     assert view._maps_box.objects[0] is pc_grid  # built once per projection
+    d = view.map_data("forecast")
+    np.testing.assert_array_equal(view.plot_sources()["forecast"]["image"][0], d["source"]["image"][0])
+
+
+def test_maps_update_in_place(view):
+    """A start-month or lead change puts new image data, colour limits and titles into the same Bokeh figures;
+    the state map follows only while its tab is open (and catches up when it is opened)."""
+    view.param.update(projection="platecarree", start="2015-11", lead=3, state_kind="h", layer=2, channel=0,
+                      input_month=6)
+    view.__panel__()
+    figs = view._figs["platecarree"]
+    before = {k: f["figure"] for k, f in figs.items()}
+    view._tabs.active = 0
+    state_title = figs["state"]["figure"].title.text
+    view.start = "2016-01"
+    assert {k: f["figure"] for k, f in figs.items()} == before
+    for slot in view.map_slots():
+        if slot == "state":
+            continue
+        d = view.map_data(slot)
+        f = figs[slot]
+        np.testing.assert_array_equal(f["source"].data["image"][0], d["source"]["image"][0])
+        assert (f["mapper"].low, f["mapper"].high, f["figure"].title.text) == (d["low"], d["high"], d["title"])
+    assert figs["forecast"]["figure"].title.text == "ConvLSTM forecast for 2016-04 (lead 3)"
+    assert figs["input0"]["figure"].title.text == "input 1: 2015-08"
+    assert figs["state"]["figure"].title.text == state_title  # tab closed: not recomputed
+    view.lead = 1
+    assert figs["forecast"]["figure"].title.text == "ConvLSTM forecast for 2016-02 (lead 1)"
+    np.testing.assert_array_equal(figs["error"]["source"].data["image"][0], view.error_map().values)
+    # the Niño 3.4 series: lines of the selected lead, the marker at the start month
+    ser = view._series
+    assert ser["marker"].location == pd.Timestamp("2016-01-01").value / 1e6
+    df = view.series()
+    np.testing.assert_array_equal(ser["source"].data["convlstm"], df["convlstm"].values)
+    np.testing.assert_array_equal(np.asarray(ser["source"].data["time"], dtype="datetime64[ns]"), df.index.values)
+    assert "lead 1" in ser["figure"].title.text
+    from bokeh.events import Tap
+
+    ser["figure"]._trigger_event(Tap(ser["figure"], x=pd.Timestamp("2014-07-10").value / 1e6, y=0.0))  # a click
+    assert view.start == "2014-07" and ser["marker"].location == pd.Timestamp("2014-07-01").value / 1e6
+    view.start = "2016-01"
+    view._tabs.active = 1  # the states tab: the state map catches up
+    assert figs["state"]["figure"].title.text == view.map_data("state")["title"]
+    np.testing.assert_allclose(figs["state"]["source"].data["image"][0], view.state_map().values, equal_nan=True)
+    view.channel = 5
+    assert "channel 5" in figs["state"]["figure"].title.text
+    view._tabs.active = 0
+
+
+def test_two_views_read_the_checkpoint_once_and_share_the_model(ds, monkeypatch):
+    """Two ENSO views (two sessions) in one process: the checkpoint file is read once, one model object, one
+    hindcast and one store of internal states, all through the engine; the values are the model's own."""
+    import xaiscope.core.checkpoint as ck
+    import xaiscope.core.engine as eng_mod
+    from xaiscope.core.engine import Engine, EngineSettings
+    from xaiscope.core.train_enso import predict
+    from xaiscope.dashboard.enso import EnsoExplorer
+
+    engine = Engine(EngineSettings(device="cpu"))
+    monkeypatch.setattr(eng_mod, "_ENGINE", engine)  # a fresh engine for this test only
+    reads = []
+    load = ck._load_checkpoint
+    monkeypatch.setattr(ck, "_load_checkpoint", lambda path, verify: reads.append(path) or load(path, verify))
+    views = [EnsoExplorer(first_start=FIRST, precompute_states=False) for _ in range(2)]
+    assert all(v.error == "" for v in views)
+    assert len(reads) == 1
+    a, b = views
+    assert a.hc is b.hc and a.hc.ckpt.model is b.hc.ckpt.model
+    assert engine.about()["checkpoints"] == 1
+    assert a.hc.ds is b.hc.ds  # the shipped data read once too
+    # internal states computed for one session are the other's (one forward pass, through the engine)
+    a.param.update(start="2016-03", layer=1, channel=4, state_kind="c", input_month=3)
+    b.param.update(start="2016-03", layer=1, channel=4, state_kind="c", input_month=3)
+    misses = engine.cache.misses
+    sa = a.state_map().values
+    assert engine.cache.misses == misses + 1
+    np.testing.assert_array_equal(b.state_map().values, sa)
+    assert engine.cache.misses == misses + 1
+    assert len(engine.about()["models"]) == 1  # the forward pass ran on the engine's one copy
+    # the engine's hindcast equals predict on the model (batched differently: float32 round-off)
+    i = a.hc.rows[:5]
+    w = int(a.hc.ckpt.manifest["window"])
+    ref = predict(a.hc.ckpt.model, np.stack([a.hc.x_all[r - w + 1:r + 1] for r in i]))
+    from xaiscope.dashboard import enso
+
+    out = enso._forecast(a.hc.ckpt, a.hc.x_all, i, w, engine=engine)
+    for k in ("map", "nino34", "phase_logits"):
+        np.testing.assert_allclose(out[k], ref[k], rtol=1e-5, atol=1e-6)
 
 
 def test_app_hides_hydro_pickers_on_the_enso_view():
@@ -469,8 +565,10 @@ def test_coastlines_line_up_with_the_land_of_the_maps(view):
     """Coastline vertices, in the same plot frame as the map images, fall next to land cells of the map."""
     from xaiscope.dashboard import enso
 
-    img = view._image(view.input_maps().isel(time=0).rename("sst_anomaly"), "t")
-    xs, ys = img.dimension_values(0, expanded=False), img.dimension_values(1, expanded=False)
+    src = view.map_image(view.input_maps().isel(time=0).values, "platecarree")
+    n_y, n_x = src["image"][0].shape
+    xs = src["x"][0] + (np.arange(n_x) + 0.5) * src["dw"][0] / n_x
+    ys = src["y"][0] + (np.arange(n_y) + 0.5) * src["dh"][0] / n_y
     land = view.hc.ds["land_mask"].values.astype(bool)  # (lat, lon) on the image's grid
     assert land.shape == (len(ys), len(xs))
     pts = np.concatenate(enso.to_plot_frame(enso.coastline_geometries("110m")))

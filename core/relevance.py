@@ -285,7 +285,14 @@ def integrated_gradients(model: nn.Module, x, target=None, baseline=None, n_step
         raise RelevanceError(f"n_steps: {n_steps} must be ≥ 1.")
     if path not in ("auto", "autograd", "factored"):
         raise RelevanceError(f"path: {path!r} is not one of ('auto', 'autograd', 'factored').")
-    m = _logit_fn(model, dtype)
+    params = None
+    if path != "autograd":
+        try:
+            params = _params(model, dtype)  # no model copy: the weights in dtype
+        except RelevanceError:
+            if path == "factored":
+                raise
+    m = _logit_fn(model, dtype) if params is None else (lambda v: _dense_forward(params, v))
     x = _as_tensor(x, dtype)
     base = torch.zeros_like(x) if baseline is None else torch.broadcast_to(torch.as_tensor(baseline, dtype=dtype),
                                                                            x.shape)
@@ -295,13 +302,6 @@ def integrated_gradients(model: nn.Module, x, target=None, baseline=None, n_step
     t = _targets(out, target)
     rows = torch.arange(x.shape[0])
     alphas = (torch.arange(n_steps, dtype=dtype) + 0.5) / n_steps
-    params = None
-    if path != "autograd":
-        try:
-            params = _params(m, dtype)
-        except RelevanceError:
-            if path == "factored":
-                raise
     if params is not None:
         avg = _ig_mean_gradient_dense(params, x, base, t, alphas)
     else:
@@ -315,6 +315,16 @@ def integrated_gradients(model: nn.Module, x, target=None, baseline=None, n_step
     with np.errstate(divide="ignore", invalid="ignore"):
         checks = {"completeness_delta": (attr.sum(1) - diff).numpy(), "conservation": (attr.sum(1) / diff).numpy()}
     return Explanation(attr.numpy(), "integrated_gradients", t.numpy(), explained.numpy(), checks)
+
+
+def _dense_forward(params, x: torch.Tensor) -> torch.Tensor:
+    """Logits of a Linear–ReLU–…–Linear network given by ``params`` [(W, b), …] (eval mode: no dropout)."""
+    h = x
+    for i, (w, b) in enumerate(params):
+        h = h @ w.T if b is None else torch.addmm(b, h, w.T)
+        if i < len(params) - 1:
+            h = torch.relu(h)
+    return h
 
 
 def _ig_mean_gradient_dense(params, x, base, t, alphas) -> torch.Tensor:

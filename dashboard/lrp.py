@@ -19,8 +19,12 @@ QoI at the same lag (:meth:`xaiscope.core.lim.LIM.adjoint_sensitivity`), or a se
 anomaly (the first-order contribution of each cell to the QoI) and by −1 for the negative class, so that it has the
 relevance's sign convention; ``"sensitivity"`` shows the sensitivity itself.
 
-Caches (per process): the data, the LIM and the region masks once; the LIM adjoint per lag; explanations per
-(checkpoint sha256, rule, target: month or composite); metric curves over all lags per (rule, target, adjoint, k).
+Shared by every session of the process through the engine (:mod:`xaiscope.core.engine`): each checkpoint is read
+once (``engine.open_checkpoint``) and holds the one model for its weights; the data, networks, LIM, region masks and
+LIM adjoints (one setup per checkpoint set and data), explanations per (checkpoint sha256, data, rule, target: month
+or composite) and metric curves over all lags per (rule, target, adjoint, k) live in the engine's result cache.
+Integrated gradients take the factored path of :func:`xaiscope.core.relevance.integrated_gradients` (all 13 lags'
+composites in ~0.1 s), so every first visit is computed at once — nothing is precomputed or shipped.
 Maps are drawn with GeoViews in the Pacific-centred frame of the ENSO view, with its shipped coastlines.
 """
 
@@ -29,7 +33,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -42,6 +45,7 @@ import param
 import xarray as xr
 
 from xaiscope.core.errors import XaiscopeError
+from xaiscope.dashboard.bokeh_speedups import BokehSpeedups
 from xaiscope.dashboard.enso import LAT_TICKS, LON_TICKS
 
 log = logging.getLogger("xaiscope.dashboard")
@@ -67,13 +71,7 @@ CURVES = (("pattern_correlation", "#1f77b4", "pattern correlation"), ("topk_jacc
           ("sign_agreement", "#d62728", "sign agreement"))
 METRICS = ("pattern_correlation", "topk_jaccard", "sign_agreement", "sign_agreement_top")
 LIM_MODES = 20
-IG_CHUNK = 32  # samples per integrated-gradients batch (keeps the path tensor in cache)
-
-
-def _ig_dtype():
-    import torch
-
-    return torch.float32  # 2-3× faster than float64 on a CPU; the completeness badge shows the error
+NS = "lrp"  # namespace of this view's entries in the engine's result cache
 
 
 # ------------------------------------------------------------------------------------------------ set-up
@@ -114,9 +112,8 @@ class LrpSetup:
     regions: xr.DataArray
     box: tuple
     seconds: float
+    data_key: str = "demo"       # what the explanations depend on besides the weights (the shipped data: "demo")
     adjoints: dict = field(default_factory=dict)
-    explanations: dict = field(default_factory=dict)
-    curves: dict = field(default_factory=dict)
     _months: list = field(default_factory=list)
 
     def __post_init__(self):
@@ -152,19 +149,26 @@ class LrpSetup:
         return self.adjoints[lag]
 
     def explanation(self, lag: int, rule: str, explain: str, month: str):
-        """(rows, Explanation) of the target (cached per checkpoint sha256, rule and target)."""
+        """(rows, Explanation) of the target, in the engine's result cache per (checkpoint sha256, data, rule,
+        target): every session of the process shares it."""
+        from xaiscope.core.engine import get_engine
+
         m = self.models[lag]
-        key = (m.ckpt.sha256, rule, explain if explain != "month" else month)
-        if key not in self.explanations:
+        key = (NS + ".explanation", m.ckpt.sha256, self.data_key, rule, explain if explain != "month" else month)
+
+        def compute():
             rows = m.rows(explain, month)
-            self.explanations[key] = (rows, explain_rows(m, rule, rows))
-        return self.explanations[key]
+            return rows, explain_rows(m, rule, rows)
+
+        return get_engine().cached(key, compute)
 
 
 def explain_x(model, x: np.ndarray, target: np.ndarray, rule: str, low=None, high=None):
     """The core explanation (:func:`xaiscope.core.relevance.explain`) of inputs ``x`` for classes ``target`` with
-    ``rule`` (bounds ``low``/``high`` for the z^B first layer). Integrated gradients run in chunks of
-    :data:`IG_CHUNK` samples in float32."""
+    ``rule`` (bounds ``low``/``high`` for the z^B first layer). LRP and gradient × input in float64; integrated
+    gradients in float32 on the factored path of :func:`xaiscope.core.relevance.integrated_gradients` (one pass
+    over the input layer; float32 is 4-10× faster than float64 on a CPU for its 64 × cases hidden-layer products,
+    the completeness badge shows the error, ~1e-6 of the map's max |value| against float64)."""
     from xaiscope.core.relevance import Explanation, explain
 
     _, method, kw = RULES[rule]
@@ -174,13 +178,11 @@ def explain_x(model, x: np.ndarray, target: np.ndarray, rule: str, low=None, hig
     target = np.asarray(target)
     if not len(x):
         return Explanation(np.zeros((0, x.shape[1])), method, target, np.zeros(0), {})
-    if method != "integrated_gradients":
-        return explain(model, x, method, target=target, **kw)
-    parts = [explain(model, x[i:i + IG_CHUNK], method, target=target[i:i + IG_CHUNK], dtype=_ig_dtype(), **kw)
-             for i in range(0, len(x), IG_CHUNK)]
-    return Explanation(np.concatenate([p.relevance for p in parts]), parts[0].method,
-                       np.concatenate([p.target for p in parts]), np.concatenate([p.logit for p in parts]),
-                       {k: np.concatenate([p.checks[k] for p in parts]) for k in parts[0].checks})
+    if method == "integrated_gradients":
+        import torch
+
+        kw["dtype"] = torch.float32
+    return explain(model, x, method, target=target, **kw)
 
 
 def explain_rows(m: LagModel, rule: str, rows: np.ndarray):
@@ -227,12 +229,47 @@ def fast_metrics(a: np.ndarray, b: np.ndarray, w: np.ndarray, k: float, region: 
     return out
 
 
+def _same_columns(old: dict, new: dict) -> bool:
+    """True when a ColumnDataSource's ``old`` data equals ``new`` (same columns, values equal, NaN equal to NaN)."""
+    if old.keys() != new.keys():
+        return False
+    for k, v in new.items():
+        a, b = old[k], v
+        if isinstance(a, list) and isinstance(b, list) and len(a) == len(b) and all(
+                isinstance(x, np.ndarray) for x in a + b):  # image columns: lists of 2-D arrays
+            if not all(x.shape == y.shape and np.array_equal(x, y, equal_nan=True) for x, y in zip(a, b)):
+                return False
+            continue
+        try:
+            a, b = np.asarray(a), np.asarray(b)
+        except (ValueError, TypeError):
+            return False
+        if a.shape != b.shape or a.dtype.kind != b.dtype.kind:
+            return False
+        if not (np.array_equal(a, b, equal_nan=True) if a.dtype.kind == "f" else np.array_equal(a, b)):
+            return False
+    return True
+
+
+def _set_if_changed(model, attr: str, value) -> None:
+    if getattr(model, attr) != value:
+        setattr(model, attr, value)
+
+
+def _index_slider(name: str, options: list, index: int, **kw):
+    """A slider over the positions of ``options`` whose title shows the option (a ``DiscreteSlider`` redraws its
+    separate label element on every step, which makes the browser lay out the whole page again)."""
+    from bokeh.models import CustomJSTickFormatter
+
+    fmt = CustomJSTickFormatter(code=f"const o = {json.dumps([str(o) for o in options])}; "
+                                     "return o[Math.round(tick)] ?? String(tick);")
+    return pn.widgets.IntSlider(label=name, start=0, end=max(len(options) - 1, 1), value=index, step=1, format=fmt,
+                                disabled=len(options) < 2, **kw)
+
+
 def _absmax(da: xr.DataArray) -> float:
     v = np.abs(np.asarray(da.values, dtype=float))
     return float(np.nanmax(v)) if np.isfinite(v).any() else 0.0
-
-
-_SETUPS: dict[tuple, LrpSetup] = {}
 
 
 def default_checkpoints() -> list[Path]:
@@ -243,24 +280,39 @@ def default_checkpoints() -> list[Path]:
 
 
 def _load(spec):
+    """The checkpoint through the engine: a path is read once per process (cached by path and modification time),
+    and every checkpoint holds the process's one model for its weights."""
     from xaiscope.core import sst_qoi  # noqa: F401 - registers the model kind
-    from xaiscope.core.checkpoint import Checkpoint, load_checkpoint
+    from xaiscope.core.checkpoint import Checkpoint
+    from xaiscope.core.engine import get_engine
 
-    ck = spec if isinstance(spec, Checkpoint) else load_checkpoint(spec)
+    eng = get_engine()
+    ck = eng.share(spec) if isinstance(spec, Checkpoint) else eng.open_checkpoint(spec)
     if ck.manifest.get("kind") != "sst_qoi_mlp":
         raise XaiscopeError(f"checkpoint {ck.path} is a {ck.manifest.get('kind')!r} model; the LRP-vs-adjoint view "
                             f"needs 'sst_qoi_mlp' checkpoints (xaiscope train sst-qoi).")
     return ck
 
 
-def prepare(checkpoint=None, sst: xr.Dataset | None = None) -> LrpSetup:
-    """Load the networks (one per lag), the data and the LIM; cached per checkpoint set and data."""
-    from xaiscope.core.agreement import region_masks
-    from xaiscope.core.lim import fit_lim
-    from xaiscope.core.sst_qoi import checkpoint_inputs, make_qoi_samples, qoi_weights
-    from xaiscope.data.sst import demo_sst
+def data_key(sst: xr.Dataset | None) -> str:
+    """What the explanations depend on besides the weights: ``"demo"`` for the shipped data, else the sha256 of the
+    SST anomalies, their months and the land mask."""
+    if sst is None:
+        return "demo"
+    import hashlib
 
-    import torch
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(sst["sst_anomaly"].values, dtype=np.float64).tobytes())
+    h.update(np.asarray(sst.time.values, dtype="datetime64[ns]").tobytes())
+    if "land_mask" in sst:
+        h.update(np.ascontiguousarray(sst["land_mask"].values, dtype=np.int8).tobytes())
+    return h.hexdigest()
+
+
+def prepare(checkpoint=None, sst: xr.Dataset | None = None) -> LrpSetup:
+    """Load the networks (one per lag), the data and the LIM; in the engine's result cache per checkpoint set
+    (sha256) and data (:func:`data_key`), so every session of the process shares one setup."""
+    from xaiscope.core.engine import get_engine
 
     specs = default_checkpoints() if checkpoint is None else (
         list(checkpoint) if isinstance(checkpoint, (list, tuple)) else [checkpoint])
@@ -269,9 +321,18 @@ def prepare(checkpoint=None, sst: xr.Dataset | None = None) -> LrpSetup:
                             "`xaiscope train sst-qoi --lag 3 --out DIR`.")
     t0 = time.perf_counter()
     ckpts = [_load(s) for s in specs]
-    key = (tuple(c.sha256 for c in ckpts), id(sst) if sst is not None else "demo")
-    if key in _SETUPS:
-        return _SETUPS[key]
+    dkey = data_key(sst)
+    key = (NS + ".setup", tuple(c.sha256 for c in ckpts), dkey)
+    return get_engine().cached(key, lambda: _build_setup(ckpts, sst, dkey, t0))
+
+
+def _build_setup(ckpts, sst, dkey, t0) -> LrpSetup:
+    from xaiscope.core.agreement import region_masks
+    from xaiscope.core.engine import get_engine
+    from xaiscope.core.lim import fit_lim
+    from xaiscope.core.sst_qoi import checkpoint_inputs, make_qoi_samples, qoi_weights
+    from xaiscope.data.sst import demo_sst
+
     ds = sst if sst is not None else demo_sst(with_ssh=False)
     boxes = {(tuple(c.manifest["box"]["lat_bounds"]), tuple(c.manifest["box"]["lon_bounds"])) for c in ckpts}
     if len(boxes) != 1:
@@ -295,15 +356,11 @@ def prepare(checkpoint=None, sst: xr.Dataset | None = None) -> LrpSetup:
                                 f"data it was trained on (see its manifest's 'data').")
         s = make_qoi_samples(dsm, lag, *box, land_mask=land)
         x = checkpoint_inputs(ck.manifest, ds)
-        model = ck.model.eval()
-        with torch.no_grad():
-            pred = model(torch.as_tensor(x[:len(s.y)])).argmax(1).numpy()
+        pred = get_engine().forward(ck, x[:len(s.y)], device="cpu", what="SST-QoI classes").argmax(1).numpy()
         models[lag] = LagModel(lag, ck, x[:len(s.y)], s.x, s.y, pred, pd.DatetimeIndex(s.target_time),
                                pd.DatetimeIndex(s.input_time), x.min(0), x.max(0))
-    setup = LrpSetup(ds=dsm, models=models, lim=lim, qoi_w=qoi_weights(dsm, *box), land_mask=land,
-                     regions=region_masks(land), box=box, seconds=time.perf_counter() - t0)
-    _SETUPS[key] = setup
-    return setup
+    return LrpSetup(ds=dsm, models=models, lim=lim, qoi_w=qoi_weights(dsm, *box), land_mask=land,
+                    regions=region_masks(land), box=box, seconds=time.perf_counter() - t0, data_key=dkey)
 
 
 # ------------------------------------------------------------------------------------------------ the view
@@ -342,7 +399,7 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
         self.randomisation: pd.DataFrame | None = None
         self._layout = None
         self._memo: dict = {}
-        self._jobs: set = set()
+        self._curves: dict = {}  # metric curves over a loaded sensitivity file (this view's own)
         try:
             self.setup = prepare(checkpoint, sst)
         except Exception as err:  # noqa: BLE001 - shown to the user, app keeps running
@@ -498,50 +555,42 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
         adj = contrib[0] if self.explain == "month" else (contrib.mean(0) if len(rows) else np.full(n, np.nan))
         return rel, adj
 
-    def _target_key(self, lag: int) -> tuple:
-        return (self.setup.models[lag].ckpt.sha256, self.rule, self.explain if self.explain != "month" else self.month)
-
-    def missing_lags(self) -> list[int]:
-        """Lags whose explanation of the current target is not computed yet."""
-        return [lag for lag in self.setup.lags if self._target_key(lag) not in self.setup.explanations]
-
-    def curves(self, partial: bool = False) -> pd.DataFrame:
+    def curves(self) -> pd.DataFrame:
         """Metrics at every lag with a checkpoint (index lag): pattern correlation, top-k Jaccard, sign agreement
         and each map's region shares — the definitions of :mod:`xaiscope.core.agreement` on the sea-cell vectors
-        (:func:`fast_metrics`); computed once per (rule, target, adjoint, k) and cached. ``partial``: lags other than
-        the selected one whose explanation is still being computed (in the background) get NaN rows."""
+        (:func:`fast_metrics`); computed once per (checkpoints, data, rule, target, adjoint, k) in the engine's result
+        cache (shared by every session; a loaded sensitivity file's curves stay this view's)."""
+        from xaiscope.core.engine import get_engine
+
         key = self._key(lag=-1)
-        if key not in self.setup.curves:
-            if partial:
-                self._background()  # whichever of the page's parts asks first starts the background job
-            t0 = time.perf_counter()
-            skip = set(self.missing_lags()) - {self.lag} if partial and self._job() in self._jobs else set()
-            rows = []
-            for lag in self.setup.lags:
-                row = {"lag": lag}
-                if lag in skip:
-                    rows.append(row)
-                    continue
-                rel, adj = self.vectors(lag)
-                mt = fast_metrics(rel, adj, self.setup.sea_area, self.k, self.setup.sea_region,
-                                  len(self.setup.regions.region))
-                row.update({k: mt[k] for k in METRICS})
-                for i, r in enumerate(self.setup.regions.region.values):
-                    row[f"relevance_{r}"] = mt["relevance_shares"][i]
-                    row[f"adjoint_{r}"] = mt["adjoint_shares"][i]
-                rows.append(row)
-            cols = ["lag", *METRICS] + [f"{m}_{r}" for r in self.setup.regions.region.values
-                                        for m in ("relevance", "adjoint")]
-            df = pd.DataFrame(rows).reindex(columns=cols).set_index("lag")
-            if skip:
-                return df
-            self.setup.curves[key] = df
-            self.timings["curves_s"] = time.perf_counter() - t0
-        return self.setup.curves[key]
+        if self.source == "file" and self.file_sensitivity is not None:
+            if key not in self._curves:
+                self._curves = {key: self._compute_curves()}
+            return self._curves[key]
+        ckpts = tuple(self.setup.models[lag].ckpt.sha256 for lag in self.setup.lags)
+        return get_engine().cached((NS + ".curves", ckpts, self.setup.data_key, *key[1:7]), self._compute_curves)
+
+    def _compute_curves(self) -> pd.DataFrame:
+        t0 = time.perf_counter()
+        rows = []
+        for lag in self.setup.lags:
+            rel, adj = self.vectors(lag)
+            mt = fast_metrics(rel, adj, self.setup.sea_area, self.k, self.setup.sea_region,
+                              len(self.setup.regions.region))
+            row = {"lag": lag, **{k: mt[k] for k in METRICS}}
+            for i, r in enumerate(self.setup.regions.region.values):
+                row[f"relevance_{r}"] = mt["relevance_shares"][i]
+                row[f"adjoint_{r}"] = mt["adjoint_shares"][i]
+            rows.append(row)
+        cols = ["lag", *METRICS] + [f"{m}_{r}" for r in self.setup.regions.region.values
+                                    for m in ("relevance", "adjoint")]
+        df = pd.DataFrame(rows).reindex(columns=cols).set_index("lag")
+        self.timings["curves_s"] = time.perf_counter() - t0
+        return df
 
     def shares(self) -> pd.DataFrame:
         """Region shares of both maps at the selected lag (index region)."""
-        c = self.curves(partial=True).loc[self.lag]
+        c = self.curves().loc[self.lag]
         regions = list(self.setup.regions.region.values)
         return pd.DataFrame({"relevance": [c[f"relevance_{r}"] for r in regions],
                              "adjoint": [c[f"adjoint_{r}"] for r in regions]}, index=pd.Index(regions, name="region"))
@@ -592,7 +641,7 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
 
         u = mp["unsupported"].values
         ii, jj = np.nonzero(u)
-        df = self.curves(partial=True)
+        df = self.curves()
         sh = self.shares()
         factors = [(REGION_LABELS[r], m) for r in sh.index for m in ("relevance", "adjoint")]
         out = {
@@ -737,68 +786,30 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
         for f in self._figs.values():
             f.title.text_font_size = "12px"
 
-    def _job(self) -> tuple:
-        return (self.rule, self.explain, self.month if self.explain == "month" else "")
-
-    def _in_server(self) -> bool:
-        doc = pn.state.curdoc
-        return doc is not None and getattr(doc, "session_context", None) is not None
-
-    def _background(self) -> None:
-        """In a served session, compute the slow explanations (integrated gradients) of the other lags in a thread;
-        the selected lag is drawn at once, the curves fill in when the thread is done."""
-        missing = [lag for lag in self.missing_lags() if lag != self.lag]
-        if not missing or self.rule != "integrated_gradients" or not self._in_server():
-            return
-        job = self._job()
-        if job in self._jobs:
-            return
-        self._jobs.add(job)
-        doc = pn.state.curdoc
-        rule, explain, month = self.rule, self.explain, self.month
-
-        def work():
-            try:
-                for lag in missing:
-                    self.setup.explanation(lag, rule, explain, month)
-            except Exception:  # noqa: BLE001 - logged; the curves stay partial
-                log.error("LRP view: background explanations failed", exc_info=True)
-            finally:
-                self._jobs.discard(job)
-
-            def done():
-                from panel.io.state import set_curdoc
-
-                with set_curdoc(doc):
-                    self.param.trigger("rand_runs")  # redraws plots and text with the finished curves
-
-            doc.add_next_tick_callback(done)
-
-        threading.Thread(target=work, name="xaiscope-lrp-explanations", daemon=True).start()
-
     def _refresh(self, *_) -> None:
         """Push the selection's data into the plots, in place."""
         if self.setup is None or not hasattr(self, "_src"):
             return
         t0 = time.perf_counter()
-        self._background()
 
         def push():
             data = self.plot_data()
             titles = self.titles()
             self.timings["compute_ms"] = 1000 * (time.perf_counter() - t0)
-            with pn.io.hold():
+            sent = []
+            with pn.io.hold():  # one message; only what changed (each changed model repaints its canvas)
                 for k, src in self._src.items():
-                    src.data = data[k]
+                    if not _same_columns(src.data, data[k]):
+                        src.data = data[k]
+                        sent.append(k)
                 for k in ("relevance", "adjoint", "agreement", "shares", "randomisation"):
-                    self._figs[k].title.text = titles[k]
-                self._lag_span.location = float(self.lag)
+                    _set_if_changed(self._figs[k].title, "text", titles[k])
+                _set_if_changed(self._lag_span, "location", float(self.lag))
                 for k in ("relevance", "adjoint"):
-                    self._bars[k].title = titles[f"{k}_bar"]
-                pending = len(self.missing_lags())
-                self._figs["curves"].title.text = (
-                    f"Agreement by lag: {RULES[self.rule][0]}, {self._what_short()}" +
-                    (f" (computing {pending} more lags…)" if pending else ""))
+                    _set_if_changed(self._bars[k], "title", titles[f"{k}_bar"])
+                _set_if_changed(self._figs["curves"].title, "text",
+                                f"Agreement by lag: {RULES[self.rule][0]}, {self._what_short()}")
+            self.timings["sources_sent"] = sent
             return True
 
         self._guard(push, None)
@@ -825,7 +836,7 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
         return "".join(parts)
 
     def note_md(self) -> str:
-        mt = self.curves(partial=True).loc[self.lag]
+        mt = self.curves().loc[self.lag]
         u = self.maps()["unsupported"]
         rel = self.maps()["relevance"]
         w = np.abs(np.nan_to_num(rel.values))
@@ -934,17 +945,17 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
 
     def _make_layout(self):
         lags, months = self.setup.lags, self.setup.months
-        lag_w = pn.widgets.DiscreteSlider(label="Lag (months)", options=lags, value=self.lag, width=300)
-        lag_w.param.watch(lambda e: setattr(self, "lag", int(e.new)), "value")
-        month_w = pn.widgets.DiscreteSlider(label="Target month t", options=months, value=self.month, width=420)
-        month_w.param.watch(lambda e: setattr(self, "month", e.new), "value")
+        lag_w = _index_slider("Lag (months)", lags, lags.index(self.lag), width=300)
+        lag_w.param.watch(lambda e: setattr(self, "lag", lags[int(e.new)]), "value")
+        month_w = _index_slider("Target month t", months, months.index(self.month), width=420)
+        month_w.param.watch(lambda e: setattr(self, "month", months[int(e.new)]), "value")
 
         def to_widgets(*events):
             for e in events:
                 if e.name == "lag":
-                    lag_w.value = e.new
+                    lag_w.value = lags.index(e.new)
                 elif e.new in months:
-                    month_w.value = e.new
+                    month_w.value = months.index(e.new)
 
         self.param.watch(to_widgets, ["lag", "month"])
         rule_w = pn.widgets.RadioButtonGroup.from_param(self.param.rule, options={v[0]: k for k, v in RULES.items()},
@@ -1017,6 +1028,7 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
                            "the trained maps.", sizing_mode="stretch_width")),
                            pn.pane.Bokeh(self._figs["randomisation"], **bk), sizing_mode="stretch_width"),
                        ncols=2, sizing_mode="stretch_width"),
+            BokehSpeedups(),  # cheap repaints: no forced style recalculations per paint (see bokeh_speedups)
             pn.Tabs(
                 ("Adjoint from a file", pn.Column(
                     pn.pane.Markdown("A sensitivity of this QoI to SST from another model (e.g. MITgcm/ECCO adjoint "

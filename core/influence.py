@@ -37,8 +37,10 @@ and (optionally) its final linear layer.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -384,10 +386,14 @@ def per_sample_grads_linear(adapter: TaskAdapter, model: nn.Module, x, y, names:
     if not set(names) <= owned:
         return per_sample_grads_vmap(adapter, model, x, y, names)
     inputs, outputs = {}, {}
+    owner = threading.get_ident()
 
     def hook(name):
         def fn(module, inp, out):
-            inputs[name], outputs[name] = inp[0].detach(), out
+            # the model may be shared (the engine gives every session one copy): another thread's forward
+            # passing through while the hooks are on must not overwrite this call's tensors
+            if threading.get_ident() == owner:
+                inputs[name], outputs[name] = inp[0].detach(), out
         return fn
 
     handles = [m.register_forward_hook(hook(n)) for n, m in linears.items()]
@@ -598,7 +604,10 @@ def per_sample_grads(adapter: TaskAdapter, model: nn.Module, x, y, names: Sequen
 
 
 # ------------------------------------------------------------------------------------------ embeddings
+@functools.lru_cache(maxsize=16)
 def _projection(dim_in: int, dim: int, seed: int, dtype) -> torch.Tensor:
+    """The Gaussian projection (dim_in × dim, N(0, 1/dim)) of one seed — drawn once per process and kept (a query
+    would otherwise draw it again for every test example). Read-only: never modify the result."""
     g = torch.Generator().manual_seed(int(seed))
     return torch.randn(dim_in, dim, generator=g, dtype=torch.float64).div_(math.sqrt(dim)).to(dtype)
 
@@ -675,7 +684,9 @@ def embed(ckpts: Sequence[Checkpoint], x, y, spec: EmbeddingSpec | None = None, 
             g = per_sample_grads(adapter, model, xb, yb, names, route).detach()
             if proj is not None:
                 g = g @ proj
-            out[s:s + len(xb), col:col + width] = (g * scale).cpu().numpy()
+            else:
+                g = g.clone() if g._base is not None else g   # a view of a model tensor: never scale in place
+            out[s:s + len(xb), col:col + width] = g.mul_(scale).cpu().numpy()
             done += 1
             if progress:
                 progress(done, steps)
@@ -706,18 +717,95 @@ class TopK:
     opponent_scores: np.ndarray
 
 
+def _top_k_indices(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the ``k`` largest and ``k`` smallest entries along the last axis, each sorted (largest first /
+    most negative first). One ``argpartition`` pass with both pivots (linear time, no negated copy), then only the
+    winners are sorted."""
+    n = scores.shape[-1]
+    if 2 * k <= n:
+        part = np.argpartition(scores, (k - 1, n - k), axis=-1)
+        lo, hi = part[..., :k], part[..., n - k:]
+    else:
+        order = np.argsort(scores, axis=-1, kind="stable")
+        lo, hi = order[..., :k], order[..., ::-1][..., :k]
+    lo_s = np.take_along_axis(scores, lo, -1)
+    hi_s = np.take_along_axis(scores, hi, -1)
+    lo = np.take_along_axis(lo, np.argsort(lo_s, axis=-1, kind="stable"), -1)
+    hi = np.take_along_axis(hi, np.argsort(-hi_s, axis=-1, kind="stable"), -1)
+    return hi, lo
+
+
 def top_k(scores: np.ndarray, k: int = 10) -> TopK:
     """The ``k`` largest (proponents) and ``k`` most negative (opponents) scores of one test example.
-    Uses ``argpartition`` (linear time) and sorts only the k winners."""
+    One ``argpartition`` (linear time) finds both ends; only the k winners of each are sorted."""
     scores = np.asarray(scores)
     k = int(min(k, scores.size))
     if k < 1:
         raise InfluenceError("k must be ≥ 1 and the training set non-empty.")
-    hi = np.argpartition(-scores, k - 1)[:k]
-    hi = hi[np.argsort(-scores[hi], kind="stable")]
-    lo = np.argpartition(scores, k - 1)[:k]
-    lo = lo[np.argsort(scores[lo], kind="stable")]
+    hi, lo = _top_k_indices(scores.reshape(-1), k)
     return TopK(hi, scores[hi], lo, scores[lo])
+
+
+def top_k_rows(scores: np.ndarray, k: int = 10) -> list[TopK]:
+    """:func:`top_k` of every row of a score matrix (n_test, n_train), all rows in one ``argpartition``."""
+    scores = np.atleast_2d(np.asarray(scores))
+    k = int(min(k, scores.shape[1]))
+    if k < 1:
+        raise InfluenceError("k must be ≥ 1 and the training set non-empty.")
+    hi, lo = _top_k_indices(scores, k)
+    return [TopK(h, row[h], lo_, row[lo_]) for h, lo_, row in zip(hi, lo, scores)]
+
+
+QUERY_BLOCK_BYTES = 8 << 20      # training rows per block of the score product: ~8 MiB of embeddings (cache-sized)
+
+
+def score_product(test_embeddings: np.ndarray, train_embeddings: np.ndarray, out: np.ndarray | None = None
+                  ) -> np.ndarray:
+    """TracIn scores ``test @ trainᵀ`` (n_test, N) in float32, exact: one BLAS ``sgemv`` for a single test
+    embedding (reads the training embeddings once, at memory speed), else one ``sgemm`` per block of training
+    rows sized for the cache, written into ``out``. No float64, no copy of the training embeddings (a
+    memory-mapped array is read block by block)."""
+    q = np.ascontiguousarray(np.atleast_2d(test_embeddings), dtype=np.float32)
+    E = train_embeddings
+    n, d = E.shape
+    if q.shape[1] != d:
+        raise InfluenceError(f"test embeddings have {q.shape[1]} columns, the training embeddings {d}.")
+    if out is None:
+        out = np.empty((len(q), n), dtype=np.float32)
+    if E.dtype != np.float32:
+        E = np.asarray(E, dtype=np.float32)
+    if len(q) == 1:
+        np.matmul(E, q[0], out=out[0])
+        return out
+    rows = int(min(max(64, QUERY_BLOCK_BYTES // (4 * max(d, 1))), 1 << 16))
+    for s in range(0, n, rows):
+        np.matmul(q, E[s:s + rows].T, out=out[:, s:s + rows])
+    return out
+
+
+def query(test_embeddings: np.ndarray, train_embeddings: np.ndarray, k: int = 10) -> list[TopK]:
+    """Top-k proponents/opponents of each test embedding against stored training embeddings: the exact
+    float32 score product (:func:`score_product`) plus one ``argpartition``."""
+    return top_k_rows(score_product(test_embeddings, train_embeddings), k)
+
+
+def project_embeddings(embeddings: np.ndarray, n_checkpoints: int, dim: int = 128, seed: int = 0,
+                       rows: int = 4096) -> np.ndarray:
+    """Random projections (method ``"projection"``) of exact all-parameter embeddings: checkpoint block c
+    (equal widths, one series) times the same Gaussian matrix :func:`embed` uses, seed ``seed + c``. Equal to
+    ``embed(..., EmbeddingSpec("projection", None, dim, seed))`` up to float rounding (the √η scale commutes with
+    the projection), without recomputing any gradient. Approximate, like every projection."""
+    n, d_all = embeddings.shape
+    if d_all % int(n_checkpoints):
+        raise InfluenceError(f"{d_all} columns do not split into {n_checkpoints} equal checkpoint blocks.")
+    d = d_all // int(n_checkpoints)
+    out = np.empty((n, int(n_checkpoints) * int(dim)), dtype=np.float32)
+    for c in range(int(n_checkpoints)):
+        p = _projection(d, int(dim), seed + c, torch.float32).numpy()
+        for s in range(0, n, rows):
+            np.matmul(np.asarray(embeddings[s:s + rows, c * d:(c + 1) * d], dtype=np.float32), p,
+                      out=out[s:s + rows, c * dim:(c + 1) * dim])
+    return out
 
 
 def tracin(run, train: Examples | tuple, test: Examples | tuple, method: str = "exact", layers=None, dim: int = 128,
@@ -863,16 +951,24 @@ class InfluenceStore:
         return ckpts
 
     def self_influence(self) -> np.ndarray:
-        e = np.asarray(self.embeddings, dtype=np.float64)
-        return np.einsum("nd,nd->n", e, e)
+        """‖e(z)‖² of every training example (N,), in float64, a block of rows at a time (no float64 copy of
+        the whole store)."""
+        e = self.embeddings
+        out = np.empty(len(e))
+        rows = max(1, (16 << 20) // (8 * max(e.shape[1], 1)))
+        for s in range(0, len(e), rows):
+            b = np.asarray(e[s:s + rows], dtype=np.float64)
+            out[s:s + len(b)] = np.einsum("nd,nd->n", b, b)
+        return out
 
     def scores(self, test_embeddings: np.ndarray) -> np.ndarray:
-        return np.asarray(test_embeddings, dtype=np.float32) @ np.asarray(self.embeddings).T
+        """Scores (n_test, N) float32 of test embeddings against the stored training embeddings (exact product,
+        :func:`score_product`)."""
+        return score_product(test_embeddings, self.embeddings)
 
     def query(self, test_embeddings: np.ndarray, k: int = 10) -> list[TopK]:
         """Top-k proponents/opponents of each test embedding (a matrix product plus top-k)."""
-        s = self.scores(np.atleast_2d(test_embeddings))
-        return [top_k(row, k) for row in s]
+        return top_k_rows(self.scores(test_embeddings), k)
 
     def embed_test(self, x, y, ckpts: Sequence[Checkpoint] | None = None) -> np.ndarray:
         ckpts = ckpts or self.checkpoints()

@@ -61,11 +61,10 @@ AUTO_SECONDS = 120.0     # a missing store estimated to take longer waits for th
 LARGE = 3000             # more training examples than this: the self-influence plot is rasterized
 DIAG_SECONDS = 8.0       # time budget for the test embeddings of the diagnostics
 DIAG_MAX = 64
+DIAG_BATCH = 32          # test examples per batched gradient of the diagnostics
 MAP_CMAP = "RdBu_r"
 COLORS = {"proponent": "#1b7837", "opponent": "#b2182b", "test": "#2166ac", "selected": "#e08214"}
 
-_CONTEXTS = LRUCache(maxsize=4)
-_LOSSES = LRUCache(maxsize=8)
 _TEST_EMB = LRUCache(maxsize=4096)
 
 
@@ -105,39 +104,132 @@ def _labels(index: np.ndarray, kind: str) -> list[str]:
     return [t.strftime(fmt) for t in idx]
 
 
+def open_series(paths) -> list:
+    """The checkpoints of a series through the process's engine: each file is read once per process (cached by
+    path and modification time) and every session gets the engine's one model object for its weights."""
+    from xaiscope.core.engine import get_engine
+
+    engine = get_engine()
+    return I.load_run([engine.open_checkpoint(p) for p in paths])
+
+
 def load_context(entry: V.RunEntry) -> ModelContext:
-    """Load a series, its examples and the display data (cached on the checkpoint paths)."""
+    """Load a series (through the engine), its examples and the display data — once per process: the context
+    lives in the engine's result cache (``("tracin.context", paths)``), shared by every session."""
+    from xaiscope.core.engine import get_engine
 
     def build():
         V.import_model_kinds()
-        ckpts = I.load_run(list(entry.paths))
-        adapter = I.get_adapter(ckpts[0].kind)
-        train = adapter.examples(ckpts[-1], "train")
-        test = adapter.examples(ckpts[-1], "test")
-        ctx = ModelContext(entry, ckpts, train, test)
-        kind = ctx.kind
-        ctx.extra["train_labels"] = _labels(train.index, kind)
-        ctx.extra["test_labels"] = _labels(test.index, kind)
+        ckpts = open_series(entry.paths)
+        kind = ckpts[0].kind
+        adapter = I.get_adapter(kind)
+        ds = None                  # the demo data read once, for both splits and the plots
         if kind == "hydro_lstm":
             from xaiscope.core.hydro import open_basin_data
 
             ds = open_basin_data("demo")
+        elif kind == "sst_qoi_mlp":
+            from xaiscope.data.sst import demo_sst
+
+            ds = demo_sst(with_ssh=False)
+        train = adapter.examples(ckpts[-1], "train", ds)
+        test = adapter.examples(ckpts[-1], "test", ds)
+        ctx = ModelContext(entry, ckpts, train, test)
+        ctx.extra["train_labels"] = _labels(train.index, kind)
+        ctx.extra["test_labels"] = _labels(test.index, kind)
+        if kind == "hydro_lstm":
             ctx.extra["record"] = pd.DataFrame({"qobs": ds["qobs"].values, "prcp": ds["prcp"].values},
                                                index=pd.DatetimeIndex(ds["time"].values))
         elif kind in ("sst_qoi_mlp", "enso_convlstm"):
             from xaiscope.data.sst import demo_sst, nino34
 
-            ds = demo_sst(with_ssh=False)
+            ds = ds if ds is not None else demo_sst(with_ssh=False)
             ctx.extra["land"] = ds["land_mask"].values.astype(bool)
             ctx.extra["lat"], ctx.extra["lon"] = ds.lat.values, ds.lon.values
             if kind == "enso_convlstm":
                 ctx.extra["nino34"] = nino34(ds["sst_anomaly"]).to_series()
         return ctx
 
-    return _CONTEXTS.get_or_compute(entry.paths, build)
+    return get_engine().cached(("tracin.context", tuple(str(p) for p in entry.paths)), build)
+
+
+@dataclass
+class SharedStore:
+    """A store with its training embeddings in memory and their self-influence: one per process and store, kept
+    in the engine's result cache (``("tracin.store", folder, checkpoint sha256s)``) so that every session queries
+    the same arrays. A store larger than the whole cache is still returned, but each session then reads its own."""
+
+    store: I.InfluenceStore
+    embeddings: np.ndarray
+    self_influence: np.ndarray
+
+
+def _share_store(store: I.InfluenceStore) -> SharedStore:
+    emb = store.embeddings          # read once (Zarr) or memory-mapped (NumPy)
+    return SharedStore(store, emb, np.asarray(store.self_influence(), dtype=np.float64))
+
+
+def _store_key(ckpts, spec: I.EmbeddingSpec, n_train: int, root) -> tuple:
+    return ("tracin.store", str(V.store_dir(ckpts, spec, n_train, root)), tuple(c.sha256 for c in ckpts))
+
+
+def shared_store(ckpts, spec: I.EmbeddingSpec, n_train: int, root=None) -> SharedStore | None:
+    """The process's shared copy of the stored embeddings for these checkpoints and spec; ``None`` when nothing
+    is stored yet (or the store on disk is stale)."""
+    from xaiscope.core.engine import get_engine
+
+    engine = get_engine()
+    key = _store_key(ckpts, spec, n_train, root)
+
+    def load():
+        store = V.cached_store(ckpts, spec, n_train, root)
+        if store is None:
+            raise _NoStore          # nothing is kept under the key (a computed store will be)
+        return _share_store(store)
+
+    try:   # concurrent sessions wait for one reader of the embeddings
+        return engine.cached(key, load)
+    except _NoStore:
+        return None
+
+
+class _NoStore(Exception):
+    """No (fresh) store on disk: raised inside the cache's computation so that nothing is cached."""
+
+
+def compute_shared_store(ckpts, train: I.Examples, spec: I.EmbeddingSpec, progress=None, root=None
+                         ) -> SharedStore:
+    """Compute (and keep on disk and in the engine's cache) the training embeddings; concurrent sessions asking
+    for the same store wait for one computation."""
+    from xaiscope.core.engine import get_engine
+
+    key = _store_key(ckpts, spec, len(train), root)
+    return get_engine().cached(key, lambda: _share_store(
+        V.cached_store(ckpts, spec, len(train), root)
+        or V.compute_store(ckpts, train, spec, progress=progress, root=root)))
 
 
 _COAST = None
+_PALETTE: list[str] = []
+
+
+def _map_palette() -> list[str]:
+    """The maps' colour map as 256 Bokeh colours (computed once)."""
+    if not _PALETTE:
+        from holoviews.plotting.util import process_cmap
+
+        _PALETTE.extend(process_cmap(MAP_CMAP, 256))
+    return _PALETTE
+
+
+def _ms(t) -> float:
+    """A time as Bokeh places it on a datetime axis: milliseconds since 1970."""
+    return pd.Timestamp(t).value / 1e6
+
+
+def coast_xy() -> np.ndarray:
+    """The coastline path's (x, y) points, NaN between segments (for a plain Bokeh line)."""
+    return np.column_stack([coast_path().dimension_values(0), coast_path().dimension_values(1)])
 
 
 def coast_path() -> hv.Path:
@@ -190,8 +282,13 @@ class TracInExplorer(pn.viewable.Viewer):
         self._token = 0
         self._layout = None
         self._thumb_box = None
+        self._thumbs: list = []
+        self._big: dict = {}
+        self._pick_span = None
+        self._diag_shown = None
         self.ctx: ModelContext | None = None
         self.store: I.InfluenceStore | None = None
+        self._train_emb: np.ndarray | None = None
         self.estimate: V.CostEstimate | None = None
         self.scores_row: np.ndarray | None = None
         self.topk: I.TopK | None = None
@@ -440,6 +537,8 @@ class TracInExplorer(pn.viewable.Viewer):
             return
         if self.error.startswith("test example"):
             self._show_error("")
+        self._move_pick_marker()
+        self._update_big("test")
         if self.store is not None:
             self._query()
 
@@ -449,6 +548,8 @@ class TracInExplorer(pn.viewable.Viewer):
         if event.new not in self.train_labels:
             self._show_error(f"training example {event.new!r} is not in this model's training set.")
             self.selected = event.old if event.old in self.train_labels else ""
+            return
+        self._update_big("train")
 
     def _on_k(self, *_):
         if self.store is not None and self.scores_row is not None:
@@ -462,9 +563,12 @@ class TracInExplorer(pn.viewable.Viewer):
         self.estimate = None
 
         def work(_):
-            store = V.cached_store(ctx.ckpts, spec, len(ctx.train), self._cache_dir)
+            from xaiscope.core.engine import get_engine
+
+            store = shared_store(ctx.ckpts, spec, len(ctx.train), self._cache_dir)
             est = None if store is not None else V.estimate_cost(ctx.ckpts, ctx.train, spec)
-            loss = _LOSSES.get_or_compute(ctx.entry.paths, lambda: V.training_loss(ctx.ckpts[-1], ctx.train))
+            loss = get_engine().cached(("tracin.train_loss", ctx.ckpts[-1].sha256, tuple(ctx.entry.paths)),
+                                       lambda: V.training_loss(ctx.ckpts[-1], ctx.train))
             return store, est, loss
 
         def finish(res):
@@ -493,7 +597,7 @@ class TracInExplorer(pn.viewable.Viewer):
         t0 = time.perf_counter()
 
         def work(progress):
-            return V.compute_store(ctx.ckpts, ctx.train, spec, progress=progress, root=self._cache_dir)
+            return compute_shared_store(ctx.ckpts, ctx.train, spec, progress=progress, root=self._cache_dir)
 
         def finish(store):
             self.timings["store_s"] = time.perf_counter() - t0
@@ -501,9 +605,11 @@ class TracInExplorer(pn.viewable.Viewer):
 
         self._job(label, work, finish)
 
-    def _store_ready(self, store: I.InfluenceStore) -> None:
+    def _store_ready(self, shared: SharedStore) -> None:
+        store = shared.store
         self.store = store
-        self.self_infl = np.asarray(store.self_influence(), dtype=np.float64)
+        self._train_emb = shared.embeddings
+        self.self_infl = shared.self_influence
         self.store_version += 1
         self._set_status(f"{self.ctx.entry.label}: {len(self.ctx.train):,} training and {len(self.ctx.test):,} "
                          f"test examples; {store.spec.label}, {len(self.ctx.ckpts)} checkpoints "
@@ -520,14 +626,14 @@ class TracInExplorer(pn.viewable.Viewer):
             store.embed_test(ctx.test.x[i:i + 1], ctx.test.y[i:i + 1], ctx.ckpts))[0])
 
     def _query(self, diagnostics: bool = False) -> None:
-        i, store = self.test_index, self.store
+        i, train_emb = self.test_index, self._train_emb
         want_diag = diagnostics or self.diag is None
 
         def work(progress):
             t0 = time.perf_counter()
             emb = self.test_embedding(i)
             t_click = time.perf_counter() - t0
-            row = np.asarray(store.scores(emb[None]), dtype=np.float64)[0]
+            row = np.asarray(I.score_product(emb[None], train_emb)[0], dtype=np.float64)
             diag = self._diagnostics(max(t_click, 1e-3), progress) if want_diag else None
             return row, t_click, diag
 
@@ -551,12 +657,18 @@ class TracInExplorer(pn.viewable.Viewer):
         n_test = len(self.ctx.test)
         n = int(np.clip(DIAG_SECONDS / per_example_s, 5, DIAG_MAX))
         rows = np.unique(np.linspace(0, n_test - 1, min(n, n_test)).round().astype(int))
-        embs = []
-        for j, r in enumerate(rows):
-            embs.append(self.test_embedding(int(r)))
+        # the test embeddings in batches (one batched gradient per batch, not one per example)
+        ctx, store, key = self.ctx, self.store, self._store_key()
+        batch = max(1, min(DIAG_BATCH, len(rows)))
+        for s in range(0, len(rows), batch):
+            part = rows[s:s + batch]
+            e = np.asarray(store.embed_test(ctx.test.x[part], ctx.test.y[part], ctx.ckpts))
+            for r, row in zip(part, e):
+                _TEST_EMB.get_or_compute(key + (int(r),), lambda row=row: row)
             if progress:
-                progress(j + 1, len(rows))
-        scores = np.asarray(self.store.scores(np.stack(embs)), dtype=np.float64)
+                progress(s + len(part), len(rows))
+        embs = [self.test_embedding(int(r)) for r in rows]
+        scores = np.asarray(I.score_product(np.stack(embs), self._train_emb), dtype=np.float64)
         out = diagnostics(scores, train_norms=np.sqrt(np.maximum(self.self_infl, 0)), k=min(10, scores.shape[1]))
         out["n_test"] = int(len(rows))
         return out
@@ -682,14 +794,40 @@ class TracInExplorer(pn.viewable.Viewer):
             return self._hydro_element(split, i, small, title, empty)
         return self._map_element(split, i, small, title, empty)
 
-    def thumb_element(self, role: str, j: int, **_):
+    def thumb_data(self, role: str, j: int) -> tuple[str, dict, float]:
+        """Thumbnail ``j`` of ``role`` ("proponent"/"opponent") as its Bokeh figure gets it: (title, the columns of
+        its data source, colour limit). Hydrograph windows: the hyetograph hanging from the top (depth 0.45 ×
+        precipitation / its maximum) over the discharge (0.85 × discharge / its maximum), both scaled to the
+        panel; maps: the SST anomaly (float32, rows south to north) on the data's grid."""
         ids = None if self.topk is None else (self.topk.proponents if role == "proponent" else self.topk.opponents)
-        if ids is None or j >= len(ids):
-            return self.example_element("train", 0, small=True, title="…")
-        sc = self.topk.proponent_scores if role == "proponent" else self.topk.opponent_scores
-        i = int(ids[j])
-        return self.example_element("train", i, small=True,
-                                    title=f"{j + 1}. {self.train_labels[i]} ({sc[j]:+.2g})")
+        have = ids is not None and j < len(ids)
+        i = int(ids[j]) if have else 0
+        if have:
+            sc = self.topk.proponent_scores if role == "proponent" else self.topk.opponent_scores
+            title = f"{j + 1}. {self.train_labels[i]} ({sc[j]:+.2g})"
+        else:
+            title = "…"
+        if self.kind == "hydro_lstm":
+            df = self.hydro_window("train", i)
+            p, q = df["prcp"].values, df["qobs"].values
+            if not have:
+                p, q = p * np.nan, q * np.nan
+            p = p / max(np.nanmax(p), 1e-9) if have else p
+            q = q / max(np.nanmax(q), 1e-9) if have and np.isfinite(q).any() else q
+            return title, {"t": df.index.values, "rain_lo": 1.0 - 0.45 * p, "rain_hi": np.ones(len(p)),
+                           "q": 0.85 * q}, 1.0
+        da = self.example_map("train", i)
+        lat, lon = da.lat.values, da.lon.values
+        v = np.asarray(da.values, dtype=np.float32)
+        if not have:
+            v = v * np.nan
+        if lat[0] > lat[-1]:
+            v, lat = v[::-1], lat[::-1]
+        c = float(np.nanpercentile(np.abs(v), 99)) if np.isfinite(v).any() else 1.0
+        c = c if c > 0 and np.isfinite(c) else 1.0
+        dx, dy = (lon[1] - lon[0]) / 2, (lat[1] - lat[0]) / 2
+        return title, {"image": [np.ascontiguousarray(v)], "x": [lon[0] - 180.0 - dx], "y": [lat[0] - dy],
+                       "dw": [lon[-1] - lon[0] + 2 * dx], "dh": [lat[-1] - lat[0] + 2 * dy]}, c
 
     def pick_base(self):
         """The series a test example is picked from (static): discharge of the test period (hydro), the QoI of
@@ -806,11 +944,13 @@ class TracInExplorer(pn.viewable.Viewer):
             # new rows, no row selected: a click on any row (the first too) opens that example
             rows = df[df.role == role][cols].reset_index(drop=True)
             t.param.update(value=rows, selection=[], height=50 + 40 * max(len(rows), 1))
+        self._update_thumbs()
         self._update_diag()
 
     def _update_diag(self) -> None:
-        if self._layout is None:
+        if self._layout is None or (self.diag is self._diag_shown and self._diag_box.objects):
             return
+        self._diag_shown = self.diag
         items = []
         if self.diag:
             for w in self.diag["warnings"]:
@@ -823,18 +963,139 @@ class TracInExplorer(pn.viewable.Viewer):
                 f"gradient norm) {d['spearman_abs_score_norm']:.2f}.</small>"))
         self._diag_box.objects = items
 
-    def _rebuild_thumbs(self) -> None:
-        if self._thumb_box is None:
+    def _thumb_figure(self, role: str, j: int):
+        """One thumbnail: a plain Bokeh figure whose data source, title and colour range are replaced in place on
+        every new result (no HoloViews pipeline per click); a tap on it opens that training example."""
+        from bokeh.events import Tap
+        from bokeh.models import ColumnDataSource, LinearColorMapper, Range1d
+        from bokeh.plotting import figure
+
+        hydro = self.kind == "hydro_lstm"
+        fig = figure(width=175, height=130, toolbar_location=None, tools="tap", min_border=2,
+                     x_axis_type="datetime" if hydro else "linear")
+        fig.axis.visible = False
+        fig.grid.visible = False
+        fig.title.text_font_size = "9pt"
+        title, data, c = self.thumb_data(role, j)
+        fig.title.text = title
+        src = ColumnDataSource(data)
+        mapper = None
+        if hydro:
+            fig.varea("t", "rain_lo", "rain_hi", source=src, color="#6baed6", alpha=0.7)
+            fig.line("t", "q", source=src, color="#08519c", line_width=1)
+            fig.y_range = Range1d(0, 1.02)
+        else:
+            mapper = LinearColorMapper(palette=_map_palette(), low=-c, high=c, nan_color="#d9d9d9")
+            fig.image(image="image", x="x", y="y", dw="dw", dh="dh", source=src, color_mapper=mapper)
+            fig.x_range = Range1d(data["x"][0], data["x"][0] + data["dw"][0])
+            fig.y_range = Range1d(data["y"][0], data["y"][0] + data["dh"][0])
+        fig.on_event(Tap, lambda _e, role=role, j=j: self._open_thumb(role, j))
+        return fig, src, mapper
+
+    def big_data(self, split: str, i: int | None) -> tuple[str, dict, float]:
+        """The large plot of an example as its Bokeh figure gets it: (title, source columns, colour limit);
+        ``i=None``: the same plot empty (nothing selected yet). Hydrology: the window's precipitation and
+        observed discharge (``t``, ``prcp``, ``qobs``); maps: the SST anomaly (float32, rows south to north)."""
+        empty = i is None
+        j = 0 if empty else int(i)
+        title = "no training example selected: click a row, a thumbnail or a point" if empty \
+            else self.example_title(split, j)
+        if self.kind == "hydro_lstm":
+            df = self.hydro_window("test", self.test_index) if empty else self.hydro_window(split, j)
+            nan = np.full(len(df), np.nan)
+            return title, {"t": df.index.values, "prcp": nan if empty else df["prcp"].values,
+                           "qobs": nan if empty else df["qobs"].values}, 1.0
+        da = self.example_map(split, j)
+        lat, lon = da.lat.values, da.lon.values
+        v = np.asarray(da.values, dtype=np.float32)
+        if empty:
+            v = v * np.nan
+        if lat[0] > lat[-1]:
+            v, lat = v[::-1], lat[::-1]
+        c = float(np.nanpercentile(np.abs(v), 99)) if np.isfinite(v).any() else 1.0
+        c = c if c > 0 and np.isfinite(c) else 1.0
+        dx, dy = (lon[1] - lon[0]) / 2, (lat[1] - lat[0]) / 2
+        return title, {"image": [np.ascontiguousarray(v)], "x": [lon[0] - 180.0 - dx], "y": [lat[0] - dy],
+                       "dw": [lon[-1] - lon[0] + 2 * dx], "dh": [lat[-1] - lat[0] + 2 * dy]}, c
+
+    def _big_figure(self, split: str):
+        """The large plot of the test or the selected training example: a Bokeh figure built once per model and
+        updated in place (:meth:`_update_big`)."""
+        from bokeh.models import (ColorBar, ColumnDataSource, CustomJSTickFormatter, DataRange1d, HoverTool,
+                                  LinearAxis, LinearColorMapper, Range1d, Span)
+        from bokeh.plotting import figure
+
+        i = self.test_index if split == "test" else self.selected_index
+        title, data, c = self.big_data(split, i)
+        src = ColumnDataSource(data)
+        parts = {"src": src, "mapper": None, "span": None}
+        if self.kind == "hydro_lstm":
+            fig = figure(height=330, sizing_mode="stretch_width", x_axis_type="datetime",
+                         tools="pan,wheel_zoom,box_zoom,reset", y_axis_label="discharge (mm/day)", x_axis_label="time")
+            fig.extra_y_ranges = {"prcp": DataRange1d(start=0)}
+            fig.add_layout(LinearAxis(y_range_name="prcp", axis_label="precipitation (mm/day)"), "right")
+            fig.varea("t", 0, "prcp", source=src, y_range_name="prcp", color="#6baed6", alpha=0.5)
+            fig.line("t", "qobs", source=src, color="#08519c", line_width=1.5)
+            span = Span(location=_ms(data["t"][-1]), dimension="height", line_color="black", line_dash="dashed",
+                        line_width=1)
+            fig.add_layout(span)
+            parts["span"] = span
+        else:
+            from xaiscope.dashboard.enso import LAT_TICKS, LON_TICKS
+
+            x0, y0 = data["x"][0], data["y"][0]
+            fig = figure(height=300, sizing_mode="stretch_width", tools="pan,wheel_zoom,reset",
+                         x_range=Range1d(x0, x0 + data["dw"][0]), y_range=Range1d(y0, y0 + data["dh"][0]))
+            mapper = LinearColorMapper(palette=_map_palette(), low=-c, high=c, nan_color="#d9d9d9")
+            img = fig.image(image="image", x="x", y="y", dw="dw", dh="dh", source=src, color_mapper=mapper)
+            xy = coast_xy()
+            fig.line(xy[:, 0], xy[:, 1], color="#333333", line_width=0.7)
+            fig.add_layout(ColorBar(color_mapper=mapper, title="°C"), "right")
+            fig.add_tools(HoverTool(renderers=[img], tooltips=[("SST anomaly", "@image{+0.00} °C")]))
+            fig.xaxis.formatter = CustomJSTickFormatter(code=LON_TICKS.code)
+            fig.yaxis.formatter = CustomJSTickFormatter(code=LAT_TICKS.code)
+            fig.grid.visible = False
+            parts["mapper"] = mapper
+        fig.title.text = title
+        parts["fig"] = fig
+        return parts
+
+    def _update_big(self, split: str) -> None:
+        parts = self._big.get(split)
+        if parts is None:
             return
-        rows = []
+        i = self.test_index if split == "test" else self.selected_index
+        title, data, c = self.big_data(split, i)
+        parts["src"].data = data
+        parts["fig"].title.text = title
+        if parts["mapper"] is not None:
+            parts["mapper"].update(low=-c, high=c)
+        if parts["span"] is not None:
+            parts["span"].location = _ms(data["t"][-1])
+
+    def _move_pick_marker(self) -> None:
+        if self._pick_span is not None and self.ctx is not None:
+            self._pick_span.location = _ms(np.asarray(self.ctx.test.index)[self.test_index])
+
+    def _update_thumbs(self) -> None:
+        """New data, titles and colour ranges into the existing thumbnail figures (sent as model changes)."""
+        for role, j, fig, src, mapper in self._thumbs:
+            title, data, c = self.thumb_data(role, j)
+            src.data = data
+            fig.title.text = title
+            if mapper is not None:
+                mapper.update(low=-c, high=c)
+
+    def _rebuild_thumbs(self) -> None:
+        if self._thumb_box is None or self.ctx is None:
+            return
+        rows, self._thumbs = [], []
         for role in ("proponent", "opponent"):
             panes = []
             for j in range(self.k):
-                dm = self._dmap(lambda role=role, j=j, **kw: self.thumb_element(role, j), ["version"])
-                tap = hv.streams.Tap(source=dm)
-                tap.add_subscriber(lambda x=None, y=None, role=role, j=j, **_: self._open_thumb(role, j))
-                el = dm.opts(height=130, width=175, toolbar=None, tools=["tap"], fontsize={"title": "9pt"})
-                panes.append(pn.pane.HoloViews(el, linked_axes=False))
+                fig, src, mapper = self._thumb_figure(role, j)
+                self._thumbs.append((role, j, fig, src, mapper))
+                panes.append(pn.pane.Bokeh(fig))
             label = "Proponents (training lowered the test loss)" if role == "proponent" else \
                 "Opponents (training raised the test loss)"
             rows.append(pn.pane.Markdown(f"**{label}** — click one to open it"))
@@ -855,17 +1116,18 @@ class TracInExplorer(pn.viewable.Viewer):
         tap = hv.streams.Tap(source=source, x=None)
         tap.add_subscriber(lambda x=None, **_: self.set_test_near(x) if x is not None else None)
         self._taps = [tap]
-        pick = (base * self._dmap(self.pick_marker, ["test"])).opts(
-            responsive=True, height=220, title=caption, show_legend=False)
-        big = dict(responsive=True, height=330 if self.kind == "hydro_lstm" else 300)
-        test_big = self._dmap(lambda **_: self.example_element("test", self.test_index), ["test"])
-        sel_big = self._dmap(lambda **_: self.example_element("train", self.selected_index), ["selected"])
-        if self.kind != "hydro_lstm":  # coastlines, the view limited to the data's grid
-            lat, lon = self.ctx.extra["lat"], self.ctx.extra["lon"]
-            dx, dy = (lon[1] - lon[0]) / 2, (lat[1] - lat[0]) / 2
-            lims = dict(xlim=(lon[0] - 180 - dx, lon[-1] - 180 + dx), ylim=(lat[0] - dy, lat[-1] + dy))
-            test_big, sel_big = (test_big * coast_path()).opts(**lims), (sel_big * coast_path()).opts(**lims)
-        test_big, sel_big = test_big.opts(**big), sel_big.opts(**big)
+        self._pick_span = None
+
+        def add_marker(plot, _element):   # the test example's day/month: a span moved in place on each pick
+            from bokeh.models import Span
+
+            span = Span(location=_ms(np.asarray(self.ctx.test.index)[self.test_index]), dimension="height",
+                        line_color=COLORS["selected"], line_width=2)
+            plot.state.add_layout(span)
+            self._pick_span = span
+
+        pick = base.opts(responsive=True, height=220, title=caption, show_legend=False, hooks=[add_marker])
+        self._big = {split: self._big_figure(split) for split in ("test", "train")}
         pts = self._dmap(self.self_influence_points, ["store_version"])
         if len(self.ctx.train) > LARGE:
             from holoviews.operation.datashader import rasterize
@@ -882,7 +1144,8 @@ class TracInExplorer(pn.viewable.Viewer):
             ylabel="log10 self-influence", title="Self-influence vs training loss (click a point to open it)")
         hvp = dict(sizing_mode="stretch_width", linked_axes=False)
         self._pick_box.objects = [pn.pane.HoloViews(pick, **hvp)]
-        self._pair_box.objects = [pn.pane.HoloViews(test_big, **hvp), pn.pane.HoloViews(sel_big, **hvp)]
+        self._pair_box.objects = [pn.pane.Bokeh(self._big[sp]["fig"], sizing_mode="stretch_width")
+                                  for sp in ("test", "train")]
         self._si_box.objects = [pn.pane.HoloViews(si, **hvp)]
         self._rebuild_thumbs()
 

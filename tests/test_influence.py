@@ -230,6 +230,55 @@ def test_top_k_matches_full_sort():
     np.testing.assert_array_equal(t.opponents, order[:7])
 
 
+@pytest.mark.parametrize("n,k", [(1000, 7), (9, 4), (9, 5), (3, 10)])
+def test_top_k_rows_match_full_sort_at_both_ends(n, k):
+    """One argpartition with both pivots gives the same winners, in order, as sorting each row (also when the
+    two ends overlap, 2k > n)."""
+    rng = np.random.default_rng(n + k)
+    s = rng.standard_normal((4, n)).astype(np.float32)
+    for row, t in zip(s, I.top_k_rows(s, k)):
+        order = np.argsort(row, kind="stable")
+        kk = min(k, n)
+        np.testing.assert_array_equal(t.proponents, order[::-1][:kk])
+        np.testing.assert_array_equal(t.opponents, order[:kk])
+        np.testing.assert_array_equal(t.proponent_scores, row[order[::-1][:kk]])
+        one = I.top_k(row, k)
+        np.testing.assert_array_equal(one.proponents, t.proponents)
+        np.testing.assert_array_equal(one.opponents, t.opponents)
+
+
+@pytest.mark.parametrize("n_test", [1, 3])
+def test_score_product_equals_float64_reference_across_blocks(tmp_path, monkeypatch, n_test):
+    """The blocked float32 product (and the single-query GEMV) equals a float64 product, also on a
+    memory-mapped store and with blocks that do not divide the rows."""
+    monkeypatch.setattr(I, "QUERY_BLOCK_BYTES", 64 * 4 * 37)       # 64 rows per block of 37 columns
+    rng = np.random.default_rng(5)
+    e = rng.standard_normal((1000, 37)).astype(np.float32)
+    q = rng.standard_normal((n_test, 37)).astype(np.float32)
+    ref = q.astype(np.float64) @ e.astype(np.float64).T
+    np.save(tmp_path / "e.npy", e)
+    for train in (e, np.load(tmp_path / "e.npy", mmap_mode="r")):
+        got = I.score_product(q, train)
+        assert got.dtype == np.float32 and got.shape == (n_test, 1000)
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+        assert [list(t.proponents) for t in I.query(q, train, 5)] == \
+            [list(np.argsort(r)[::-1][:5]) for r in ref]
+    with pytest.raises(I.InfluenceError, match="columns"):
+        I.score_product(q[:, :5], e)
+
+
+def test_projected_store_equals_projection_embeddings(lstm_run):
+    """Projecting stored exact embeddings per checkpoint block gives the projection method's embeddings."""
+    run, x, y = lstm_run
+    ckpts = I.load_run(run)
+    exact = I.embed(ckpts, x, y, I.EmbeddingSpec("exact"))
+    direct = I.embed(ckpts, x, y, I.EmbeddingSpec("projection", dim=16, seed=4))
+    got = I.project_embeddings(exact, len(ckpts), dim=16, seed=4, rows=7)
+    np.testing.assert_allclose(got, direct, rtol=1e-4, atol=1e-6 * np.abs(direct).max())
+    with pytest.raises(I.InfluenceError, match="equal checkpoint blocks"):
+        I.project_embeddings(exact[:, :-1], len(ckpts))
+
+
 def test_store_round_trip_and_stale(tmp_path, mlp_run):
     run, x, y = mlp_run
     train = I.Examples(x, y, np.arange(len(x)))

@@ -232,6 +232,40 @@ def test_layout_renders_and_updates_in_place(view):
     assert list(view._prop_t.value["example"]) == list(view.ranked_frame().query("role == 'proponent'").example)
 
 
+def _south_up(da):
+    v = np.asarray(da.values, dtype=np.float32)
+    return v[::-1] if da.lat.values[0] > da.lat.values[-1] else v
+
+
+def test_click_updates_the_same_bokeh_figures_with_the_new_examples(view):
+    """A new test example changes the data of the existing thumbnail and large figures (no new plots): each
+    thumbnail shows its proponent's / opponent's SST map, the large plot the test example's, the marker its
+    month."""
+    view.__panel__().get_root()
+    thumbs = [t[2] for t in view._thumbs]
+    big = view._big["test"]["fig"]
+    assert len(thumbs) == 2 * view.k
+    view.test = view.test_labels[17]
+    assert [t[2] for t in view._thumbs] == thumbs and view._big["test"]["fig"] is big
+    for role, j, fig, src, mapper in view._thumbs:
+        ids = view.topk.proponents if role == "proponent" else view.topk.opponents
+        i = int(ids[j])
+        assert fig.title.text.startswith(f"{j + 1}. {view.train_labels[i]} (")
+        np.testing.assert_allclose(src.data["image"][0], _south_up(view.example_map("train", i)), equal_nan=True)
+        assert mapper.high == -mapper.low > 0
+    np.testing.assert_allclose(view._big["test"]["src"].data["image"][0],
+                               _south_up(view.example_map("test", view.test_index)), equal_nan=True)
+    assert big.title.text == view.example_title("test", view.test_index)
+    month = pd.Timestamp(view.ctx.test.index[view.test_index])
+    assert view._pick_span is not None and view._pick_span.location == month.value / 1e6
+    # opening a proponent fills the selected example's large plot
+    view._open_thumb("proponent", 2)
+    i = int(view.topk.proponents[2])
+    assert view.selected_index == i
+    np.testing.assert_allclose(view._big["train"]["src"].data["image"][0],
+                               _south_up(view.example_map("train", i)), equal_nan=True)
+
+
 def test_hydro_windows_are_the_basin_data(cache):
     """One checkpoint of the hydrology series (fast): windows and their precipitation come from the basin."""
     from xaiscope.core import influence as I
@@ -254,9 +288,51 @@ def test_hydro_windows_are_the_basin_data(cache):
     np.testing.assert_allclose(w["qobs"].values, ds["qobs"].sel(time=w.index).values, equal_nan=True)
     el = v.example_element("train", i)
     np.testing.assert_allclose(el.get(0).dimension_values(1), w["prcp"].values)
-    thumb = v.thumb_element("proponent", 0)  # the hyetograph hangs from the top: depth ∝ precipitation
-    depth = 1 - thumb.get(0).dimension_values(1)
-    np.testing.assert_allclose(depth, 0.45 * w["prcp"].values / w["prcp"].max(), atol=1e-9)
+    title, data, _ = v.thumb_data("proponent", 0)  # the hyetograph hangs from the top: depth ∝ precipitation
+    assert title.startswith(f"1. {v.train_labels[i]} (")
+    np.testing.assert_allclose(1 - data["rain_lo"], 0.45 * w["prcp"].values / w["prcp"].max(), atol=1e-9)
+    np.testing.assert_allclose(data["q"], 0.85 * w["qobs"].values / np.nanmax(w["qobs"].values), equal_nan=True)
+    assert (pd.DatetimeIndex(data["t"]) == w.index).all()
+
+
+def test_two_sessions_read_each_checkpoint_and_store_once(tmp_path, monkeypatch):
+    """Two sessions of the same series in one process: every checkpoint file is read once (through the engine),
+    both hold the same model objects, and the stored embeddings are opened once and shared."""
+    from collections import Counter
+
+    from xaiscope.core import checkpoint
+    from xaiscope.core import influence as I
+    from xaiscope.core import influence_view as V
+    from xaiscope.core.engine import configure_engine, reset_engine
+    from xaiscope.dashboard.tracin import TracInExplorer
+
+    reads, opens = Counter(), Counter()
+    real_load, real_open = checkpoint.load_checkpoint, I.open_store
+
+    def counting_load(path, *a, **k):
+        reads[str(Path(path).resolve())] += 1
+        return real_load(path, *a, **k)
+
+    def counting_open(path, *a, **k):
+        opens[str(path)] += 1
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(checkpoint, "load_checkpoint", counting_load)
+    monkeypatch.setattr(I, "load_checkpoint", counting_load)       # a read that bypasses the engine counts too
+    monkeypatch.setattr(I, "open_store", counting_open)
+    configure_engine(cache_mb=256)
+    try:
+        a = TracInExplorer(run=str(SST_RUN), cache_dir=tmp_path)
+        b = TracInExplorer(run=str(SST_RUN), cache_dir=tmp_path)
+        assert a.error == b.error == ""
+        paths = {str(Path(p).resolve()) for p in V.run_entry("run", SST_RUN, 1).paths}
+        assert set(reads) == paths and set(reads.values()) == {1}, reads
+        assert all(ca.model is cb.model for ca, cb in zip(a.ctx.ckpts, b.ctx.ckpts))
+        assert a.store is b.store and a._train_emb is b._train_emb and a.self_infl is b.self_infl
+        assert len(opens) == 1 and set(opens.values()) == {1}, opens
+        np.testing.assert_array_equal(a.scores_row, b.scores_row)
+    finally:
+        reset_engine()
 
 
 def test_notebook_embedding_with_plain_extension(tmp_path):

@@ -3,9 +3,16 @@
 #
 #   bash benchmarks/gpu_run.sh probe|tests|bench|all
 #
-# Run from the repository root (or from a snapshot of it, e.g. `git archive HEAD` unpacked into a git-ignored
-# folder with `assets` linked back, so that others' uncommitted edits do not travel into the run; then point WHL at
-# the wheels: WHL=../.whl). Packages the machine lacks travel as wheels in the git-ignored folder .whl
+# Run from the repository root, or from a snapshot of the last commit so that uncommitted edits in a shared working
+# tree do not travel into the run (the device call carries ".whl" and ".gpu_tree"):
+#
+#   echo /.gpu_tree/ >> .git/info/exclude; rm -rf .gpu_tree; mkdir .gpu_tree
+#   git archive HEAD core data dashboard tests benchmarks pyproject.toml | tar -x -C .gpu_tree
+#   ln -s ../assets .gpu_tree/assets; git rev-parse --short HEAD > .gpu_tree/COMMIT
+#   # on the device: cd .gpu_tree && WHL=../.whl WORKERS=12 bash benchmarks/gpu_run.sh tests   (~1 min on 16 cores)
+#   #                cd .gpu_tree && WHL=../.whl bash benchmarks/gpu_run.sh bench                (~3.5 min)
+#
+# Packages the machine lacks travel as wheels in the git-ignored folder .whl
 # (carried with the call); fetch them here first (Python 3.12, manylinux x86-64, one version each):
 #
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -258,8 +258,13 @@ def test_click_updates_the_same_bokeh_figures_with_the_new_examples(view):
     assert big.title.text == view.example_title("test", view.test_index)
     month = pd.Timestamp(view.ctx.test.index[view.test_index])
     assert view._pick_span is not None and view._pick_span.location == month.value / 1e6
-    # opening a proponent fills the selected example's large plot
-    view._open_thumb("proponent", 2)
+    # a tap on a thumbnail (the Bokeh event its figure is subscribed to) opens that proponent in the large plot
+    from bokeh.events import Tap
+
+    role, j, fig, _, _ = view._thumbs[2]
+    assert role == "proponent" and j == 2 and "tap" in fig.subscribed_events
+    for callback in fig._event_callbacks["tap"]:
+        callback(Tap(fig, x=0.0, y=0.0))
     i = int(view.topk.proponents[2])
     assert view.selected_index == i
     np.testing.assert_allclose(view._big["train"]["src"].data["image"][0],

@@ -49,6 +49,7 @@ from xaiscope.dashboard.session import SessionClosed, doc_closed, run_in_doc
 from xaiscope.dashboard.state import AppState, describe_error
 
 log = logging.getLogger("xaiscope.dashboard")
+timing_log = logging.getLogger("xaiscope.dashboard.timings")  # DEBUG: server time of every scrub step
 
 if hv.Store.current_backend != "bokeh" or not hv.Store.options(backend="bokeh"):
     hv.Store.set_current_backend("bokeh")
@@ -63,7 +64,10 @@ CELL_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
                "#bcbd22", "#7f7f7f"]
 _PREFETCH = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xaiscope-prefetch")
 MAX_TRACES = 10
-PICKER_SYNC_MS = 400  # the date picker follows the scrubber once the day rests this long (see _sync_picker)
+# The date picker, the URL, the skill of the shown period and the download names follow the scrubber once the day
+# has rested this long (see _after_rest): redrawing the picker's calendar, a URL round trip and the skill text cost
+# the browser and the server more than the plots themselves on every step of a scrub.
+RESTED_MS = 400
 RASTER_MAX_COLUMNS = 3000  # heatmaps wider than this (days) are drawn as k-day means aggregated by Datashader
 
 
@@ -78,6 +82,32 @@ def nice_ceiling(m: float) -> float:
         if v >= m * (1 - 1e-12):
             return v
     return float(10.0 ** (k + 1))
+
+
+def nice_range(lo: float, hi: float, zero: bool = False) -> tuple[float, float]:
+    """Axis limits for the data range ``lo``…``hi`` rounded outward to a nice step (a tenth of the
+    :func:`nice_ceiling` of the span; ``zero``: from 0 for quantities that cannot be negative, unless the data
+    are). Computed on the server so that the axes stay put while scrubbing: a range that only changes when the
+    data leave it is neither re-sent nor laid out again, and the browser has no automatic range to report back."""
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return (0.0, 1.0)
+    if zero:
+        top = nice_ceiling(hi * 1.05) if hi > 0 else 1.0
+        if lo >= 0:
+            return (0.0, top)
+        step = nice_ceiling(max(top, -lo)) / 10
+        return (float(np.floor(lo * 1.05 / step) * step), top)
+    span = hi - lo
+    if span <= 0:
+        span = abs(hi) or 1.0
+    step = nice_ceiling(span * 1.1) / 10
+    return (float(np.floor((lo - 0.05 * span) / step) * step), float(np.ceil((hi + 0.05 * span) / step) * step))
+
+
+def _set_range(rng, lo: float, hi: float) -> None:
+    """Move a Range1d (and its reset target) only when it changes: an unchanged range sends nothing."""
+    if (rng.start, rng.end) != (lo, hi):
+        rng.update(start=lo, end=hi, reset_start=lo, reset_end=hi)
 
 
 def aggregate_days(arr: np.ndarray, max_columns: int = RASTER_MAX_COLUMNS) -> tuple[np.ndarray, int]:
@@ -146,6 +176,9 @@ class CellStateExplorer(pn.viewable.Viewer):
     mode = param.Selector(default="window", objects=["window", "continuous"],
                           doc="window: the input window ending on the day; continuous: one pass over the record")
     date = param.CalendarDate(default=None, allow_None=True, doc="selected day")
+    link_date = param.CalendarDate(default=None, allow_None=True, precedence=-1,
+                                   doc="the day as the page's URL holds it: follows ``date`` once the day has "
+                                       "rested (RESTED_MS), and sets ``date`` when a link is opened")
     layer = param.Integer(default=0, bounds=(0, None))
     gate = param.Selector(default="c", objects=list(compute.GATES), doc="which internal to show")
     cells = param.List(default=[], item_type=int, doc="selected cells (of the selected layer)")
@@ -171,12 +204,12 @@ class CellStateExplorer(pn.viewable.Viewer):
         self._sim_ready = False
         self._qsim = pd.Series(dtype=float)
         self._qsim_arr = np.zeros(0)
-        self._readouts_pending = False
         self._token = 0
         self._build_widgets()
         self._plot_pane = pn.pane.Bokeh(self._build_plots(), sizing_mode="stretch_width")
         self.state.param.watch(self._on_source, ["ckpt", "ds", "error"])
         self.param.watch(self._on_date, ["date"])
+        self.param.watch(self._on_link_date, ["link_date"])
         self.param.watch(self._on_view_change, ["layer", "gate"])
         self.param.watch(self._on_mode, ["mode"])
         self.param.watch(self._on_cells, ["cells"])
@@ -233,8 +266,10 @@ class CellStateExplorer(pn.viewable.Viewer):
         # a fixed height: a new status line must not make the browser lay out the whole page again
         self._legend_pane = pn.pane.HTML("", sizing_mode="stretch_width", height=28, margin=(0, 10),
                                          stylesheets=[LEGEND_CSS])
-        self._status_md = pn.pane.Markdown("", sizing_mode="stretch_width", css_classes=["xs-status"], height=32,
-                                           margin=(0, 10))
+        # HTML in a fixed-height box: updated on every day of a scrub (no Markdown rendering; no new layout; the
+        # browser swaps the inner HTML only, where a Bokeh Div would render itself again)
+        self._status_md = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["xs-status"], height=32,
+                                       margin=(0, 10))
         self._alert = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width")
         self._warn = pn.pane.Alert("", alert_type="warning", visible=False, sizing_mode="stretch_width")
         self._progress = pn.indicators.Progress(name="progress", value=0, max=100, active=False,
@@ -291,9 +326,13 @@ class CellStateExplorer(pn.viewable.Viewer):
             "heat": ColumnDataSource({"image": [np.zeros((1, 1))], "x": [0.0], "y": [-0.5], "dw": [1.0],
                                       "dh": [1.0]}),
             "marks": ColumnDataSource({"y": np.zeros(0)}),
-            "traces": ColumnDataSource({"time": np.zeros(0), **{f"y{k}": np.zeros(0) for k in range(MAX_TRACES)}}),
+            # only the selected cells' columns travel (y0 always, NaN when none is selected): unselected
+            # trace renderers are hidden and point at y0
+            "traces": ColumnDataSource({"time": np.zeros(0), "y0": np.zeros(0)}),
         }
         self._xr = Range1d(start=0.0, end=DAY_MS * 365)
+        # y ranges set by the server (nice_range); see _push_series / _push_states
+        self._yr = {k: Range1d(start=0.0, end=1.0) for k in ("prcp", "temp", "swe", "flow", "traces")}
         self._spans = []
         title_px, tick_px, label_px = f"{13 * fs:.0f}px", f"{11 * fs:.0f}px", f"{12 * fs:.0f}px"
 
@@ -318,18 +357,20 @@ class CellStateExplorer(pn.viewable.Viewer):
             return f
 
         s = self._src["series"]
-        f_prcp = fig(110, "Precipitation", y_axis_label="mm/day")
+        # units in the titles, no rotated axis labels: every text is drawn again on each day of a scrub
+        f_prcp = fig(110, "Precipitation (mm/day)", y_range=self._yr["prcp"])
         self._prcp_bar = f_prcp.vbar(x="time", top="prcp", width=0.8 * DAY_MS, source=s, color=COLORS["prcp"],
                                      line_color=COLORS["prcp"], line_width=lw * 0.4)
-        f_temp = fig(120, "Air temperature (band tmin–tmax, 0 °C dotted)", y_axis_label="°C")
+        f_temp = fig(120, "Air temperature (°C; band tmin–tmax, 0 °C dotted)",
+                     y_range=self._yr["temp"])
         f_temp.varea(x="time", y1="tmin", y2="tmax", source=s, color=COLORS["tband"], alpha=0.6)
         f_temp.line(x="time", y="tmean", source=s, color=COLORS["tmean"], line_width=lw * 0.8)
         f_temp.add_layout(Span(location=0, dimension="width", line_color="#4a5568", line_width=1,
                                line_dash="dotted"))
-        f_swe = fig(110, self._swe_title(), y_axis_label="mm")
+        f_swe = fig(110, self._swe_title(), y_range=self._yr["swe"])
         f_swe.varea(x="time", y1=0, y2="swe", source=s, color=COLORS["swe"], alpha=0.7)
         f_swe.line(x="time", y="swe", source=s, color=COLORS["swe"], line_width=lw * 0.5)
-        f_flow = fig(170, "Streamflow", y_axis_label="mm/day")
+        f_flow = fig(170, "Streamflow (mm/day)", y_range=self._yr["flow"])
         r_obs = f_flow.line(x="time", y="qobs", source=s, color=COLORS["qobs"], line_width=lw * 0.9)
         r_bench = f_flow.line(x="time", y="q_benchmark", source=s, color=COLORS["qbench"], line_width=lw * 0.8,
                               line_dash="dotted")
@@ -342,7 +383,7 @@ class CellStateExplorer(pn.viewable.Viewer):
 
         cmap, (lo, hi) = self._color_for_gate()
         self._mapper = LinearColorMapper(palette=cmap, low=lo, high=hi, nan_color=(0, 0, 0, 0))
-        f_heat = fig(240, " ", y_axis_label="cell",
+        f_heat = fig(240, " ",
                      y_range=Range1d(-0.5, max(self.n_cells, 1) - 0.5))
         f_heat.grid.visible = False
         r_img = f_heat.image(image="image", x="x", y="y", dw="dw", dh="dh", source=self._src["heat"],
@@ -365,10 +406,10 @@ class CellStateExplorer(pn.viewable.Viewer):
         f_heat.on_event(Tap, lambda event: self._on_tap(x=event.x, y=event.y))
         self._heat_fig = f_heat
 
-        f_tr = fig(190, "Selected cells", xaxis=True, x_axis_label="date")
+        f_tr = fig(190, "Selected cells", xaxis=True, y_range=self._yr["traces"])
         self._trace_renderers = []
         for k in range(MAX_TRACES):
-            r = f_tr.line(x="time", y=f"y{k}", source=self._src["traces"], line_width=lw,
+            r = f_tr.line(x="time", y="y0", source=self._src["traces"], line_width=lw,
                           color=CELL_COLORS[k % len(CELL_COLORS)], visible=False)
             self._trace_renderers.append(r)
         f_tr.add_tools(HoverTool(renderers=self._trace_renderers, tooltips=[("day", "@time{%F}"), ("value", "$y")],
@@ -403,7 +444,19 @@ class CellStateExplorer(pn.viewable.Viewer):
         neg = data["qsim"] < 0
         if neg.any() or len(self._src["neg"].data["time"]):
             self._src["neg"].data = {"time": data["time"][neg], "qsim": data["qsim"][neg]}
-        self._xr.update(start=float(data["time"][0] - DAY_MS / 2), end=float(data["time"][-1] + DAY_MS / 2))
+        x0, x1 = float(data["time"][0] - DAY_MS / 2), float(data["time"][-1] + DAY_MS / 2)
+        _set_range(self._xr, x0, x1)
+
+        def ext(*cols):
+            vals = [data[c] for c in cols if c in data and np.isfinite(data[c]).any()]
+            if not vals:
+                return np.nan, np.nan
+            return float(min(np.nanmin(v) for v in vals)), float(max(np.nanmax(v) for v in vals))
+
+        _set_range(self._yr["prcp"], *nice_range(*ext("prcp"), zero=True))
+        _set_range(self._yr["temp"], *nice_range(*ext("tmin", "tmax", "tmean")))
+        _set_range(self._yr["swe"], *nice_range(*ext("swe"), zero=True))
+        _set_range(self._yr["flow"], *nice_range(*ext("qobs", "q_benchmark", "qsim"), zero=True))
         # thin bars for the whole record, day-wide bars for a window
         self._prcp_bar.glyph.width = DAY_MS * (0.8 if self.mode == "window" else 1.0)
 
@@ -423,14 +476,24 @@ class CellStateExplorer(pn.viewable.Viewer):
         marks = np.array([c + d for c in self.cells for d in (-0.5, 0.5)], dtype=float)
         if not np.array_equal(self._src["marks"].data["y"], marks):  # unchanged marks: nothing to send or redraw
             self._src["marks"].data = {"y": marks}
-        cols = {"time": t}
-        for k in range(MAX_TRACES):
-            cols[f"y{k}"] = arr[:, self.cells[k]] if k < len(self.cells) else np.full(len(t), np.nan)
+        cols = {"time": t, "y0": np.full(len(t), np.nan)}
+        for k, c in enumerate(self.cells[:MAX_TRACES]):
+            cols[f"y{k}"] = arr[:, c]
         self._src["traces"].data = cols
         for k, r in enumerate(self._trace_renderers):
             on = k < len(self.cells)
+            field = f"y{k}" if on else "y0"
+            if r.glyph.y != field:
+                r.glyph.y = field
             if r.visible != on:
                 r.visible = on
+        if len(self.cells):
+            sel = arr[:, list(self.cells[:MAX_TRACES])]
+            fin = np.isfinite(sel)
+            lo, hi = (float(sel[fin].min()), float(sel[fin].max())) if fin.any() else (np.nan, np.nan)
+        else:
+            lo, hi = np.nan, np.nan
+        _set_range(self._yr["traces"], *nice_range(lo, hi))
         self._legend_pane.object = self.legend_html()
 
     def legend_entries(self) -> list[tuple[str, str, str]]:
@@ -489,8 +552,8 @@ class CellStateExplorer(pn.viewable.Viewer):
 
     def _swe_title(self) -> str:
         if self.ds is not None and str(self.ds.attrs.get("basin_id", "")).startswith("synthetic"):
-            return "Snow water equivalent (true, synthetic basin)"
-        return "Snow water equivalent (Snow-17 model, CAMELS)"
+            return "Snow water equivalent (mm; true, synthetic basin)"
+        return "Snow water equivalent (mm; Snow-17 model, CAMELS)"
 
     def _build_weights(self, weights: dict | None = None):
         """Four heatmaps (W_i, W_f, W_g, W_o) of the selected layer: rows = cells, columns = inputs."""
@@ -528,7 +591,7 @@ class CellStateExplorer(pn.viewable.Viewer):
         k = getattr(self, "_days_per_column", 1)
         if self.mode == "continuous" and k > 1:
             when += f", {k}-day means"
-        return f"{label}, layer {self.layer} — {when} (click a row to select a cell)"
+        return f"{label}, layer {self.layer} — {when} (one row per cell: click a row to select it)"
 
     # ------------------------------------------------------------------------------------ panel
     def __panel__(self):
@@ -815,29 +878,58 @@ class CellStateExplorer(pn.viewable.Viewer):
     def _on_date(self, *_):
         if not hasattr(self, "_days") or self.date is None:
             return
-        # keep the widgets in step without re-triggering
-        self._slider.value = self.date
-        self._sync_picker()
-        idx = self._day_index()
-        self._set_player(idx)
-        if self.ready:
-            self._guard("Updating the day", self._refresh, "date")
+        t0 = time.perf_counter()
+        # one message to the browser for the whole step: the slider, the player, the plots and the status line
+        with pn.io.hold():
+            # keep the widgets in step without re-triggering
+            self._slider.value = self.date
+            idx = self._day_index()
+            self._set_player(idx)
+            if self.ready:
+                self._guard("Updating the day", self._refresh, "date")
+        # the whole step on the server, the message to the browser included (benchmarks/scrub_latency.py reads it)
+        self.timings["step_ms"] = 1000 * (time.perf_counter() - t0)
+        timing_log.debug("day %s: computed in %.1f ms, updated in %.1f ms, step with message %.1f ms", self.date,
+                         self.timings.get("compute_ms", 0), self.timings.get("update_ms", 0), self.timings["step_ms"])
+        self._after_rest()
 
-    def _sync_picker(self) -> None:
-        """Show the day in the date picker. While scrubbing, the picker catches up once the day has rested for
-        ``PICKER_SYNC_MS``: re-drawing its calendar on every step costs the browser ~15 ms a step, and the slider
-        already shows the day."""
+    def _on_link_date(self, *_):
+        """A day from the URL (a link being opened): show it."""
+        if self.link_date is None or self.link_date == self.date:
+            return
+        if self.param.date.bounds is None:  # before the data are open: _setup_source keeps it if in range
+            self.date = self.link_date
+        else:
+            self._set_date(self.link_date)
+
+    def _after_rest(self) -> None:
+        """What follows the day once it has rested for ``RESTED_MS`` (at once outside a served page): the date
+        picker, the URL (``link_date``), the skill of the shown period and the download file names. While
+        scrubbing, the slider and the plots already show the day; re-drawing the picker's calendar alone cost the
+        browser ~15 ms a step, each URL change a round trip, the skill text a Markdown render."""
         doc = pn.state.curdoc
         if not self._in_server() or doc is None:
-            self._picker.value = self.date
+            self._rested()
             return
-        self._picker_token = token = getattr(self, "_picker_token", 0) + 1
+        self._rest_token = token = getattr(self, "_rest_token", 0) + 1
 
         def sync():
-            if token == self._picker_token and self._picker.value != self.date:
-                self._picker.value = self.date
+            if token == self._rest_token:
+                with pn.io.hold():
+                    self._guard("Updating the readouts", self._rested)
 
-        doc.add_timeout_callback(sync, PICKER_SYNC_MS)
+        doc.add_timeout_callback(sync, RESTED_MS)
+
+    def _rested(self) -> None:
+        if self.date is None:
+            return
+        if self._picker.value != self.date:
+            self._picker.value = self.date
+        if self.link_date != self.date:
+            self.link_date = self.date
+        if self.ready:
+            self._update_skill(table=False)
+            self._update_filenames()
 
     def _on_view_change(self, *events):
         names = {e.name for e in events}
@@ -984,22 +1076,21 @@ class CellStateExplorer(pn.viewable.Viewer):
         self.timings["update_ms"] = 1000 * (time.perf_counter() - t0)
         if not cont and what in ("all", "date"):
             self._prefetch()
-        if what == "date" and self._in_server():
-            # the text readouts follow in the next tick, in their own message: the plots go out first
-            if not self._readouts_pending:
-                self._readouts_pending = True
-                pn.state.execute(lambda: self._guard("Updating the readouts", self._update_readouts), schedule=True)
+        if what == "date":
+            # the status line goes out with the plots; the skill and file names follow once the day rests
+            self._set_status()
         else:
             self._update_readouts(skill_table=(what == "all"))
 
     def _update_readouts(self, skill_table: bool = False) -> None:
         """Status line, skill text (and table when asked or visible) and download file names."""
-        self._readouts_pending = False
         if not self.ready or self.date is None:
             return
         self._update_skill(table=skill_table)
-        self._status_md.object = self._status_text()
-        self.status = self._status_md.object
+        self._set_status()
+        self._update_filenames()
+
+    def _update_filenames(self) -> None:
         for name, dl in (("series", self._dl_series), ("internals", self._dl_states)):
             ext = "csv" if name == "series" else "nc"
             dl.filename = f"xaiscope_{name}_{self._file_tag()}.{ext}"
@@ -1012,11 +1103,17 @@ class CellStateExplorer(pn.viewable.Viewer):
         a, b = self.shown_period()
         idx = self._day_index()
         qday, obs, swe = self._qsim_arr[idx], self._cols["qobs"][idx], self._cols["swe"][idx]
-        bits = [f"**{self.date}**", f"shown {a.date()} … {b.date()}",
+        bits = [f"<b>{self.date}</b>", f"shown {a.date()} … {b.date()}",
                 f"Q obs {obs:.2f} · LSTM {qday:.2f} mm/day", f"SWE {swe:.0f} mm" if np.isfinite(swe) else "",
                 f"<span class='xs-ms'>computed in {self.timings.get('compute_ms', 0):.0f} ms, "
                 f"updated in {self.timings.get('update_ms', 0):.0f} ms</span>"]
         return " · ".join(b for b in bits if b)
+
+    def _set_status(self) -> None:
+        text = self._status_text()
+        self.status = text
+        if self._status_md.object != text:
+            self._status_md.object = text
 
     def _update_skill(self, table: bool = True) -> None:
         """Skill of the shown period (text every time; the table only when visible or asked for)."""

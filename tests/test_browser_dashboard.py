@@ -52,6 +52,29 @@ def app(setup):
         yield url, proc, log
 
 
+# Records the content of every PATCH-DOC message the server sends (a Bokeh message is a header frame, a metadata
+# frame and a content frame, then its buffers).
+WS_LOG_JS = """(() => {
+  window.__xsPatches = null;  // set to [] to start recording
+  let expect = -1;
+  const watch = (ev) => {
+    if (!window.__xsPatches || typeof ev.data !== "string") return;
+    if (expect > 0) { expect -= 1; if (expect === 0) window.__xsPatches.push(ev.data); return; }
+    if (/"msgtype": ?"PATCH-DOC"/.test(ev.data)) expect = 2;
+  };
+  const add = WebSocket.prototype.addEventListener;
+  WebSocket.prototype.addEventListener = function(type, fn, opts) {
+    if (type === "message" && !this.__xsWatched) { this.__xsWatched = true; add.call(this, "message", watch); }
+    return add.call(this, type, fn, opts);
+  };
+  const desc = Object.getOwnPropertyDescriptor(WebSocket.prototype, "onmessage");
+  Object.defineProperty(WebSocket.prototype, "onmessage", {
+    set(fn) { if (!this.__xsWatched) { this.__xsWatched = true; add.call(this, "message", watch); } desc.set.call(this, fn); },
+    get() { return desc.get.call(this); }, configurable: true,
+  });
+})()"""
+
+
 def _ready(page, timeout=120_000):
     page.wait_for_selector("text=computed in", timeout=timeout)
 
@@ -77,6 +100,7 @@ def test_loads_offline_without_console_errors(app):
 def test_scrubber_moves_the_plotted_window(app):
     url, _, _ = app
     with browser_page() as page:
+        page.add_init_script(WS_LOG_JS)
         page.goto(url + "?date=2009-03-10&mode=window")
         _ready(page)
         page.wait_for_function(HEATMAP_TITLE_JS, arg="window ending 2009-03-10", timeout=60_000)
@@ -87,12 +111,21 @@ def test_scrubber_moves_the_plotted_window(app):
         assert any(abs(r[1] - end - day / 2) < 1 and abs((r[1] - r[0]) - 365 * day) < 1 for r in before), before
         handle = page.locator(".noUi-handle").first
         handle.focus()
+        page.evaluate("() => { window.__xsPatches = []; }")
         for _ in range(3):
             page.keyboard.press("ArrowLeft")
             page.wait_for_timeout(150)
         page.wait_for_function(HEATMAP_TITLE_JS, arg="window ending 2009-03-07", timeout=30_000)
         page.wait_for_timeout(500)
         after = page.evaluate(RANGES_JS)["ranges"]
+        # each step reached the browser as one message: its data, its heatmap title and the player together (the
+        # date picker, the URL and the skill text follow in one more message once the day rests)
+        patches = [json.loads(c) for c in page.evaluate("() => window.__xsPatches")]
+        with_data = [p for p in patches if any(e.get("kind") == "ColumnDataChanged" for e in p["events"])]
+        assert len(with_data) == 3, [[e.get("kind") for e in p["events"]] for p in patches]
+        for p in with_data:
+            text = json.dumps(p)
+            assert "window ending 2009-03-" in text and "value_throttled" in text, text[:500]
         assert _query(page)["date"].strip('"') == "2009-03-07"
         shifted = [a for a in after if any(abs((b[1] - a[1]) - 3 * day) < day / 2 for b in before)]
         assert shifted, (before, after)

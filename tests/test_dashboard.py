@@ -116,7 +116,7 @@ def test_window_mode_sources_hold_only_the_window_and_the_x_range_follows(explor
     ref = reference_states(ex.ckpt, basin, end - 365, end)
     np.testing.assert_allclose(src["heat"]["image"][0], ref.c[0, :, 0, :].numpy().T, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(src["traces"]["y1"], ref.c[0, :, 0, 3].numpy(), rtol=1e-4, atol=1e-5)
-    assert np.isnan(src["traces"]["y2"]).all()  # only two cells selected
+    assert "y2" not in src["traces"]  # only the two selected cells travel
     # the shared x-range is the window (half a day of margin on each side) and every plot shares it
     day = 86_400_000
     assert ex._xr.start == pytest.approx(src["series"]["time"][0] - day / 2)
@@ -389,6 +389,79 @@ def test_cell_state_colour_limits_are_symmetric_and_cover_the_window(explorer):
     arr = ex._state_array()
     m = float(np.nanmax(np.abs(arr)))
     assert ex._mapper.low == -ex._mapper.high and m <= ex._mapper.high <= 1.5 * m
+
+
+@pytest.mark.parametrize("lo, hi, zero", [(0.0, 23.7, True), (-21.3, 28.4, False), (3.2, 3.2, False),
+                                          (-0.41, 0.93, False), (-2.5, 40.0, True), (0.0, 0.0, True),
+                                          (1e-3, 2e-3, False), (-5.0, -1.0, False)])
+def test_axis_ranges_are_nice_and_cover_the_data(lo, hi, zero):
+    from xaiscope.dashboard.cellstate import nice_ceiling, nice_range
+
+    a, b = nice_range(lo, hi, zero=zero)
+    assert a <= lo and b >= hi and b > a
+    if zero and lo >= 0:
+        assert a == 0.0
+    # the limits are whole multiples of a round step (1, 1.5, 2, 3, 5, 7.5 × 10^k): they stay put while the
+    # data move inside them
+    step = (b - a) / round((b - a) / ((b - a) / 10)) if b > a else 1.0
+    for v in (a, b):
+        k = v / (nice_ceiling(max(hi - lo, abs(hi), 1e-12) * 1.1) / 10) if not zero else None
+        if k is not None:
+            assert abs(k - round(k)) < 1e-6, (v, k, step)
+    # a data range with no finite value gets a usable default
+    assert nice_range(np.nan, np.nan) == (0.0, 1.0)
+
+
+def test_scrubbing_keeps_server_set_y_ranges_that_cover_each_window(explorer):
+    from bokeh.models import Range1d
+
+    ex = explorer
+    ex.param.update(mode="window", gate="c", layer=0, cells=[2, 5])
+    seen = {}
+    for day in (dt.date(2001, 2, 1), dt.date(2001, 2, 2), dt.date(2001, 8, 1)):
+        ex.date = day
+        src = ex.plot_sources()
+        s, tr = src["series"], src["traces"]
+        checks = {"prcp": [s["prcp"]], "temp": [s["tmin"], s["tmax"], s["tmean"]], "swe": [s["swe"]],
+                  "flow": [s["qobs"], s["q_benchmark"], s["qsim"]], "traces": [tr["y0"], tr["y1"]]}
+        for name, cols in checks.items():
+            rng = ex._yr[name]
+            assert isinstance(rng, Range1d)
+            vals = np.concatenate([np.asarray(c, dtype=float) for c in cols])
+            vals = vals[np.isfinite(vals)]
+            assert rng.start <= vals.min() and rng.end >= vals.max(), (name, rng.start, rng.end)
+            # the reset tool returns to the same range
+            assert (rng.reset_start, rng.reset_end) == (rng.start, rng.end)
+        seen[day] = {k: (r.start, r.end) for k, r in ex._yr.items()}
+    # one day apart, the nice limits of the forcing panels do not move (nothing to re-send or lay out)
+    a, b = seen[dt.date(2001, 2, 1)], seen[dt.date(2001, 2, 2)]
+    assert sum(a[k] == b[k] for k in ("prcp", "temp", "swe", "flow")) >= 3, (a, b)
+    # every figure uses its server-set range (none is computed by the browser)
+    assert all(isinstance(f.y_range, Range1d) for f in ex._figs.values())
+
+
+def test_trace_renderers_follow_the_selected_cells(explorer):
+    ex = explorer
+    ex.param.update(mode="window", gate="h", layer=0)
+    ex.cells = [1, 3, 5]  # the test model has 6 cells
+    fields = [r.glyph.y for r in ex._trace_renderers]
+    assert fields[:3] == ["y0", "y1", "y2"] and set(fields[3:]) == {"y0"}
+    assert [r.visible for r in ex._trace_renderers[:4]] == [True, True, True, False]
+    arr = ex._state_array()
+    np.testing.assert_array_equal(ex._src["traces"].data["y2"], arr[:, 5])
+    ex.cells = []
+    src = ex.plot_sources()["traces"]
+    assert sorted(src) == ["time", "y0"] and np.isnan(src["y0"]).all()
+    assert not any(r.visible for r in ex._trace_renderers)
+
+
+def test_link_date_from_the_url_sets_the_day_and_follows_it(explorer):
+    ex = explorer
+    ex.mode = "window"
+    ex.link_date = dt.date(2001, 3, 5)  # a link opened with ?date=2001-03-05
+    assert ex.date == dt.date(2001, 3, 5)
+    ex.date = dt.date(2001, 3, 9)  # outside a served page the URL and the picker follow at once
+    assert ex.link_date == dt.date(2001, 3, 9) and ex._picker.value == dt.date(2001, 3, 9)
 
 
 def test_served_app_never_links_panel_resources_to_the_cdn():

@@ -34,7 +34,7 @@ import xaiscope.dashboard.enso  # noqa: E402,F401 - registers the ENSO view
 import xaiscope.dashboard.tracin  # noqa: E402,F401 - registers the TracIn view
 import xaiscope.dashboard.lrp  # noqa: E402,F401 - registers the LRP-vs-adjoint view
 
-URL_KEYS = {"mode": "mode", "date": "date", "layer": "layer", "gate": "internal", "cells": "cells"}
+URL_KEYS = {"mode": "mode", "link_date": "date", "layer": "layer", "gate": "internal", "cells": "cells"}
 
 # Plain CSS for the page (no web fonts: the system font stack only).
 APP_CSS = """

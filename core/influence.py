@@ -604,12 +604,24 @@ def per_sample_grads(adapter: TaskAdapter, model: nn.Module, x, y, names: Sequen
 
 
 # ------------------------------------------------------------------------------------------ embeddings
-@functools.lru_cache(maxsize=16)
-def _projection(dim_in: int, dim: int, seed: int, dtype) -> torch.Tensor:
-    """The Gaussian projection (dim_in × dim, N(0, 1/dim)) of one seed — drawn once per process and kept (a query
-    would otherwise draw it again for every test example). Read-only: never modify the result."""
+PROJECTION_CACHE_ITEM_BYTES = 16 << 20   # projections up to this size are kept (at most 16 of them)
+
+
+def _draw_projection(dim_in: int, dim: int, seed: int, dtype) -> torch.Tensor:
     g = torch.Generator().manual_seed(int(seed))
     return torch.randn(dim_in, dim, generator=g, dtype=torch.float64).div_(math.sqrt(dim)).to(dtype)
+
+
+_kept_projection = functools.lru_cache(maxsize=16)(_draw_projection)
+
+
+def _projection(dim_in: int, dim: int, seed: int, dtype) -> torch.Tensor:
+    """The Gaussian projection (dim_in × dim, N(0, 1/dim)) of one seed. Small ones (≤ 16 MiB) are drawn once per
+    process and kept — a query would otherwise draw them again for every test example; read-only: never modify
+    the result. Larger ones are drawn on each call (memory stays bounded)."""
+    if int(dim_in) * int(dim) * 8 <= PROJECTION_CACHE_ITEM_BYTES:
+        return _kept_projection(int(dim_in), int(dim), int(seed), dtype)
+    return _draw_projection(dim_in, dim, seed, dtype)
 
 
 def _as_tensor(a, dtype):

@@ -1,6 +1,7 @@
 """Pages closed while their sessions are being built: what the server logs.
 
     python benchmarks/close_mid_build.py [--pages 6] [--view enso] [--rounds 3] [--log server.log]
+                                         [--keep-alive-ms 37000] [--no-guard]
 
 Serves the app once (``tests/browser_utils.served_app``), then, each round, opens ``--pages`` pages of one view
 in headless Chromium at once (a browser context each: one Bokeh session each) and closes them again one after the
@@ -8,6 +9,12 @@ other, 0.3–6 s after opening: some before the page arrived, some while the pag
 websocket, some after. Counts, in the server log, tracebacks, ``AssertionError`` and ERROR lines, and prints the
 first traceback. The load test (``benchmarks/load_test.py``) saw such tracebacks when it navigated 20 pages away
 while their sessions were still being built.
+
+The cause is a race in Bokeh's server: its keep-alive ping (every ``--keep-alive-ms``; Bokeh's default 37 s) can find
+a socket the browser has closed before tornado has processed the close (the event loop was busy building other
+sessions) and releases the connection; tornado's close of that socket then fails in ``WSHandler.on_close`` with an
+``AssertionError``. A short keep-alive interval (e.g. 200 ms) makes the race frequent; ``--no-guard`` serves without
+``xaiscope.dashboard.session.guard_released_connections`` (which ``xaiscope serve`` installs) to show it.
 
 Ends with one JSON line.
 """
@@ -26,6 +33,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from browser_utils import CHROMIUM, CHROMIUM_ARGS, served_app  # noqa: E402
 
+SERVER_CODE = """
+import json, logging, os, sys
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+import xaiscope.dashboard.session as session
+if os.environ.get("XS_NO_GUARD"):
+    session.guard_released_connections = lambda: None
+from xaiscope.dashboard.app import serve
+opts = json.loads(sys.argv[1])
+if os.environ.get("XS_KEEP_ALIVE_MS"):
+    opts["keep_alive_milliseconds"] = int(os.environ["XS_KEEP_ALIVE_MS"])
+serve(**opts)
+"""
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -33,6 +53,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--view", default="enso")
     p.add_argument("--log", type=Path, default=None)
+    p.add_argument("--keep-alive-ms", type=int, default=None, help="Bokeh's keep-alive ping interval (default 37000)")
+    p.add_argument("--no-guard", action="store_true", help="serve without guard_released_connections")
     a = p.parse_args(argv)
     if not CHROMIUM.exists():
         print(f"needs {CHROMIUM}")
@@ -41,7 +63,10 @@ def main(argv=None) -> int:
 
     log_path = a.log or Path(tempfile.mkstemp(prefix="xaiscope-close-", suffix=".log")[1])
     delays = [0.3 + 5.7 * k / max(a.pages - 1, 1) for k in range(a.pages)]
-    with served_app(log_path=log_path, timeout=180) as (url, _, _):
+    env = {"XS_NO_GUARD": "1" if a.no_guard else ""}
+    if a.keep_alive_ms:
+        env["XS_KEEP_ALIVE_MS"] = str(a.keep_alive_ms)
+    with served_app(log_path=log_path, timeout=180, code=SERVER_CODE, env=env) as (url, _, _):
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
             # one page to the end first: models, hindcasts and assets are then warm, as on a running server
@@ -68,7 +93,9 @@ def main(argv=None) -> int:
             browser.close()
     text = log_path.read_text()
     tracebacks = text.count("Traceback (most recent call last)")
-    res = {"view": a.view, "pages": a.pages, "rounds": a.rounds, "tracebacks": tracebacks,
+    res = {"view": a.view, "pages": a.pages, "rounds": a.rounds, "keep_alive_ms": a.keep_alive_ms,
+           "guard": not a.no_guard, "tracebacks": tracebacks,
+           "released_before_close": text.count("after the server had released it"),
            "assertion_errors": len(re.findall(r"^AssertionError", text, flags=re.M)),
            "error_lines": len(re.findall(r" ERROR ", text)), "log": str(log_path)}
     if tracebacks:

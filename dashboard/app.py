@@ -238,6 +238,9 @@ def serve(port: int = 5006, address: str = "127.0.0.1", checkpoints: Sequence[st
     """
     set_torch_threads(torch_threads)
     serve_resources_locally()
+    from xaiscope.dashboard.session import guard_released_connections
+
+    guard_released_connections()  # pages closed while the server is busy: no AssertionError tracebacks
     if not logging.getLogger().handlers and not log.handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from xaiscope.dashboard.sources import default_checkpoints

@@ -767,12 +767,23 @@ class EnsoExplorer(pn.viewable.Viewer):
         """Run ``fn`` where the page's models may be changed: on the session's event loop when served."""
         doc = self._doc
         if doc is not None and doc.session_context is not None:
+            from xaiscope.dashboard.session import doc_closed
+
+            if doc_closed(doc):  # the page was closed while the work ran: nothing to show it on
+                return
+
             def locked():
+                if doc_closed(doc):
+                    return
                 from panel.io.state import set_curdoc
 
                 with set_curdoc(doc):
                     fn()
-            doc.add_next_tick_callback(locked)
+            try:
+                doc.add_next_tick_callback(locked)
+            except AttributeError:  # Bokeh tore the document down between the check and here
+                if not doc_closed(doc):
+                    raise
         else:
             fn()
 

@@ -603,3 +603,33 @@ def test_two_sessions_render_without_sharing_bokeh_models(ds):
         roots.append(root)
     objects = [{id(m) for m in r.references()} for r in roots]
     assert not objects[0] & objects[1]
+
+
+def test_background_result_for_a_closed_page_is_dropped(view):
+    """Work finished after its page was closed (Bokeh tore the document down) is not scheduled on that document."""
+    import weakref
+
+    from bokeh.document import Document
+
+    class Context:  # a served session's context (only its presence matters here)
+        pass
+
+    ctx = Context()
+    doc = Document()
+    doc._session_context = weakref.ref(ctx)
+    old, view._doc = view._doc, doc
+    try:
+        ran, queued = [], []
+        view._on_doc(lambda: ran.append(1))  # open: scheduled on the document's loop, not run here
+        assert ran == [] and len(doc.session_callbacks) == 1
+        doc.add_next_tick_callback = queued.append
+        view._on_doc(lambda: ran.append(2))
+        queued.pop()()  # run on the loop while the page is open: it runs
+        assert ran == [2]
+        view._on_doc(lambda: ran.append(3))
+        doc.callbacks.destroy()  # what Bokeh does when the session ends
+        queued.pop()()  # queued before the close, run after it: does nothing
+        view._on_doc(lambda: ran.append(4))  # after the close: no error, nothing scheduled
+        assert ran == [2] and queued == []
+    finally:
+        view._doc = old

@@ -10,10 +10,10 @@ the shipped 5° data, for ``--months`` consecutive start months:
     series and table as xarray objects;
   - ``on demand``: the state store computing the month (one forward pass in ``torch.inference_mode``) + arrays;
   - ``stored``: the month's states already in the store (filled by the background batch) + arrays;
-* full view update: the page laid out in a Bokeh document, time from setting the start month to every map, the
-  series marker and the table having new Bokeh data (server side; the browser's drawing is not included), and
-  the same plus turning the document's changes into the server's PATCH-DOC messages (what a served session
-  sends to the browser; ``bokeh.protocol``);
+* full view update: the page laid out in a Bokeh document (a view per document, as per browser session), time
+  from setting the start month to every map, the series marker and the table having new Bokeh data (server side:
+  neither sending the changes nor the browser's drawing is included; ``benchmarks/load_test.py --views enso``
+  measures in the browser);
 * the hindcast: computed (batched forward, all start months), read from the stored file, and the background
   fill of all internal states.
 
@@ -115,20 +115,10 @@ def main(argv=None) -> int:
 
     # ---------------------------------------------------------------- full view update (Bokeh models)
     from bokeh.document import Document
-    from bokeh.protocol import Protocol
     from panel.io.state import set_curdoc
-
-    protocol = Protocol()
-    sent = {"bytes": 0, "on": False}
-
-    def to_messages(event):  # what a served session does with each change: a PATCH-DOC message
-        if sent["on"]:
-            msg = protocol.create("PATCH-DOC", [event])
-            sent["bytes"] += len(msg.content_json) + sum(len(b) for b in getattr(msg, "buffers", []) or [])
 
     for key in a.projections:
         doc = Document()
-        doc.on_change(to_messages)
         with set_curdoc(doc):
             # a view per document, as in a served app (one per browser session); the engine's hindcast is shared
             view = enso.EnsoExplorer(checkpoint=ckpt, sst=ds, precompute_states=False, projection=key)
@@ -137,10 +127,6 @@ def main(argv=None) -> int:
             for tab, name in ((0, "maps"), (1, "states")):
                 tabs.active = tab
                 res[f"view_update_{name}_{key}_ms"] = timed(lambda m: setattr(view, "start", m), months)
-                sent.update(on=True, bytes=0)
-                res[f"view_update_sent_{name}_{key}_ms"] = timed(lambda m: setattr(view, "start", m), months)
-                res[f"patch_kb_{name}_{key}"] = sent["bytes"] / len(months) / 1e3
-                sent["on"] = False
             t0 = time.perf_counter()
             view.lead = view.lead % 6 + 1
             res[f"lead_change_{key}_ms"] = (time.perf_counter() - t0) * 1e3
@@ -152,12 +138,10 @@ def main(argv=None) -> int:
     print("compute per start-month change (median ms):")
     for k in ("baseline_ms", "on_demand_ms", "stored_ms"):
         print(f"  {k[:-3]:10s} {med[k]:8.1f}   ratio to baseline {med[k] / med['baseline_ms']:.3f}")
-    print("full view update per start-month change (median ms, server side; 'sent': with the PATCH-DOC messages):")
+    print("full view update per start-month change (median ms, server side):")
     for k in sorted(med):
-        if k.startswith("view_update") and not k.startswith("view_update_sent"):
-            sk = k.replace("view_update_", "view_update_sent_")
-            kb = res.get(f"patch_kb_{k[12:-3]}", float("nan"))
-            print(f"  {k[12:-3]:28s} {med[k]:8.1f}   sent {med.get(sk, float('nan')):8.1f}   ({kb:.0f} kB per step)")
+        if k.startswith("view_update"):
+            print(f"  {k[12:-3]:28s} {med[k]:8.1f}")
     for k in sorted(res):
         if k.startswith("lead_change"):
             print(f"  lead change, {k[12:-3]:14s} {res[k]:8.1f}")

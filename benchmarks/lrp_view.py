@@ -8,7 +8,9 @@ badges, note). Browser side (the app served on 127.0.0.1, headless Chromium with
 ``tests/browser_utils.py``): from the input event in the page (a capturing ``keydown`` / ``pointerdown`` listener
 stamps ``performance.now()``) to the animation frame after the relevance map's title names the new state — the
 maps' data and titles arrive in one message (``pn.io.hold``), Bokeh paints in the frame after. Only that one Title
-model is polled (1 ms), so the polling does not load the page's main thread.
+model is polled (1 ms), so the polling does not load the page's main thread. Browser rows also give, per update, the
+app server's CPU time (``/proc``, 10 ms ticks) and the page's main-thread busy time (DevTools ``TaskDuration``,
+including the polling): on a loaded machine the latency is mostly waiting for a core, and these two show the work.
 
 Kinds of update (p50 / p95 / max, ms):
 
@@ -106,7 +108,19 @@ def stats(values) -> dict:
     cpu = [v.cpu for v in values if hasattr(v, "cpu")]
     if cpu:
         out["cpu_p50"] = pct(cpu, 0.5)
+    task = [v.task for v in values if hasattr(v, "task")]
+    if task:
+        out["page_task_p50"] = pct(task, 0.5)
     return out
+
+
+def _proc_cpu_ms(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all threads) in ms, from /proc (0 where there is none)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return 1000 * (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def load() -> str:
@@ -195,8 +209,15 @@ def browser_side(moves: int) -> dict:
         return {"skipped": f"needs {CHROMIUM}"}
     out = {"load_before": load()}
     labels = {k: v[0] for k, v in lrp.RULES.items()}
-    with served_app(timeout=240) as (url, _, log_path):
+    with served_app(timeout=240) as (url, proc, log_path):
         with browser_page() as page:
+            cdp = page.context.new_cdp_session(page)
+            cdp.send("Performance.enable")
+
+            def page_task_ms() -> float:  # the page's main-thread task time so far (DevTools Performance metrics)
+                return 1000 * next(m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]
+                                   if m["name"] == "TaskDuration")
+
             t0 = time.perf_counter()
             page.goto(url + "?view=lrp&lag=3&rule=epsilon&explain=positive", timeout=300_000)
             page.wait_for_function("() => window.Bokeh && Bokeh.documents && Bokeh.documents.length > 0",
@@ -209,12 +230,16 @@ def browser_side(moves: int) -> dict:
 
             def measure(needle: str, act) -> float:
                 page.evaluate("() => { window.__xsT = null; }")
+                task0, cpu0 = page_task_ms(), _proc_cpu_ms(proc.pid)
                 act()
                 ms = page.evaluate(MEASURE_JS, [needle, 60_000])
                 if ms < 0:
                     raise RuntimeError(f"no frame with a title starting {needle!r} ({ms}); see {log_path}")
-                page.wait_for_timeout(150)  # let the rest of the page (badges, note) settle before the next input
-                return ms
+                out = _Wall(ms)
+                out.cpu = _proc_cpu_ms(proc.pid) - cpu0  # the app server's CPU time (10 ms ticks)
+                out.task = page_task_ms() - task0  # the page's main-thread busy time (incl. the measuring itself)
+                page.wait_for_timeout(150)  # let the rest of the page (the URL update) settle before the next input
+                return out
 
             lag_ms, rule_ms, cold_ms, month_ms = [], [], {}, []
             handle = page.locator(".noUi-handle")
@@ -247,7 +272,7 @@ def browser_side(moves: int) -> dict:
                                         lambda: page.keyboard.press("ArrowLeft")))
             errors = list(page.console_errors)
     out.update({"lag": stats(lag_ms), "rule": stats(rule_ms), "month_epsilon": stats(month_ms),
-                **{f"rule_cold_{r}": {"n": 1, "p50": v, "p95": v, "max": v} for r, v in cold_ms.items()},
+                **{f"rule_cold_{r}": stats([v]) for r, v in cold_ms.items()},
                 "rule_cold_all": stats(list(cold_ms.values())), "console_errors": errors, "load_after": load()})
     return out
 
@@ -272,7 +297,7 @@ def main(argv=None) -> int:
     kinds += [(f"rule_cold_{r}", f"rule {r} (cold, first visit)") for r in RULES if r != "epsilon"]
     kinds += [("rule_cold_epsilon", "rule epsilon (cold, first visit)"), ("rule_cold_all", "rule, any (cold)")]
     print(f"{'update':40s} {'server p50':>10s} {'p95':>7s} {'max':>7s} {'n':>3s} {'cpu p50':>7s} | "
-          f"{'browser p50':>11s} {'p95':>7s} {'max':>7s} {'n':>3s}")
+          f"{'browser p50':>11s} {'p95':>7s} {'max':>7s} {'n':>3s} {'server cpu':>10s} {'page busy':>9s}")
     worst = 0.0
     for key, label in kinds:
         s = server.get(key)
@@ -280,7 +305,8 @@ def main(argv=None) -> int:
         row = f"{label:40s} "
         row += (f"{s['p50']:10.1f} {s['p95']:7.1f} {s['max']:7.1f} {s['n']:3d} {s.get('cpu_p50', 0):7.1f} | "
                 if s else f"{'':38s} | ")
-        row += f"{b['p50']:11.1f} {b['p95']:7.1f} {b['max']:7.1f} {b['n']:3d}" if b else f"{'-':>11s}"
+        row += (f"{b['p50']:11.1f} {b['p95']:7.1f} {b['max']:7.1f} {b['n']:3d} {b.get('cpu_p50', 0):10.0f} "
+                f"{b.get('page_task_p50', 0):9.1f}" if b else f"{'-':>11s}")
         print(row)
         for d in (s, b):
             if d and d["n"]:

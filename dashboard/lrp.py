@@ -795,6 +795,7 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
         def push():
             data = self.plot_data()
             titles = self.titles()
+            badges, note = self._guard(self.badges_html, ""), self._guard(self.note_md, "")
             self.timings["compute_ms"] = 1000 * (time.perf_counter() - t0)
             sent = []
             with pn.io.hold():  # one message; only what changed (each changed model repaints its canvas)
@@ -809,6 +810,9 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
                     _set_if_changed(self._bars[k], "title", titles[f"{k}_bar"])
                 _set_if_changed(self._figs["curves"].title, "text",
                                 f"Agreement by lag: {RULES[self.rule][0]}, {self._what_short()}")
+                if hasattr(self, "_badges"):  # the text panes change in the same message as the plots
+                    _set_if_changed(self._badges, "object", badges)
+                    _set_if_changed(self._note, "object", note)
             self.timings["sources_sent"] = sent
             return True
 
@@ -968,14 +972,12 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
         sup_w = pn.widgets.FloatSlider.from_param(self.param.support, name="no adjoint support below (× max)",
                                                   step=0.05, width=220)
 
+        badges = self._badges = pn.pane.HTML("")
+        note = self._note = pn.pane.Markdown("", sizing_mode="stretch_width")
         self._build_plots()
         self._refresh()
         self.param.watch(self._refresh, self.SELECTION)
         bk = dict(sizing_mode="stretch_width")
-        badges = pn.pane.HTML(pn.bind(lambda *_: self._guard(self.badges_html, ""),
-                                      *[self.param[p] for p in ("lag", "rule", "explain", "month")]))
-        note = pn.pane.Markdown(pn.bind(lambda *_: self._guard(self.note_md, ""), *[self.param[p] for p in self.SELECTION]),
-                                sizing_mode="stretch_width")
         rand_btn = pn.widgets.Button(label="Run randomisation check", color="primary", width=240)
 
         def on_rand(_):

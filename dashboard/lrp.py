@@ -46,7 +46,6 @@ import xarray as xr
 
 from xaiscope.core.errors import XaiscopeError
 from xaiscope.dashboard.bokeh_speedups import BokehSpeedups
-from xaiscope.dashboard.enso import LAT_TICKS, LON_TICKS
 
 log = logging.getLogger("xaiscope.dashboard")
 
@@ -254,6 +253,16 @@ def _same_columns(old: dict, new: dict) -> bool:
 def _set_if_changed(model, attr: str, value) -> None:
     if getattr(model, attr) != value:
         setattr(model, attr, value)
+
+
+def _lon_label(lon: float) -> str:
+    lon = (lon + 540.0) % 360.0 - 180.0
+    return f"{abs(lon):.0f}°" + ("" if lon in (0.0, -180.0, 180.0) else "W" if lon < 0 else "E")
+
+
+#: map axis ticks (plot x = lon − 180, Pacific-centred) and their labels
+LON_LABELS = {x: _lon_label(x + 180.0) for x in (-150, -90, -30, 30, 90, 150)}
+LAT_LABELS = {y: "0°" if y == 0 else f"{abs(y)}°{'S' if y < 0 else 'N'}" for y in (-40, -20, 0, 20, 40, 60)}
 
 
 def _index_slider(name: str, options: list, index: int, **kw):
@@ -692,7 +701,7 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
     # ------------------------------------------------------------------------------ Bokeh plots
     def _build_plots(self):
         """The Bokeh figures and their sources; a selection change only replaces source data and titles."""
-        from bokeh.models import (ColorBar, ColumnDataSource, CustomJSTickFormatter, FactorRange, FixedTicker,
+        from bokeh.models import (ColorBar, ColumnDataSource, FactorRange, FixedTicker,
                                   HoverTool, Legend, LegendItem, LinearColorMapper, Range1d, Span)
         from bokeh.palettes import RdBu11
         from bokeh.plotting import figure
@@ -720,9 +729,11 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
             f.multi_line(xs="xs", ys="ys", source=coast_src, line_color="#333333", line_width=0.8)
             f.quad(left=[lo0 - 180.0], right=[lo1 - 180.0], bottom=[la0], top=[la1], fill_alpha=0,
                    line_color="black", line_width=1.5, line_dash="dashed")
-            f.xaxis.formatter = CustomJSTickFormatter(code=LON_TICKS.code)
-            f.xaxis.ticker = FixedTicker(ticks=[-150, -90, -30, 30, 90, 150])  # 30°E, 90°E, … (x = lon − 180)
-            f.yaxis.formatter = CustomJSTickFormatter(code=LAT_TICKS.code)
+            # fixed ticks with fixed labels: no JavaScript formatter evaluated at every repaint
+            f.xaxis.ticker = FixedTicker(ticks=list(LON_LABELS))  # x = lon − 180
+            f.xaxis.major_label_overrides = dict(LON_LABELS)
+            f.yaxis.ticker = FixedTicker(ticks=list(LAT_LABELS))
+            f.yaxis.major_label_overrides = dict(LAT_LABELS)
             f.add_tools(HoverTool(renderers=[img], tooltips=[("value", "@image{0.000}")]))
             bar = ColorBar(color_mapper=mapper, width=10, **bar_kw)
             f.add_layout(bar, "right")

@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 STAMP_JS = """() => {
   if (!window.__xsStamp) {
     window.__xsStamp = true;
-    const stamp = () => { window.__xsT = performance.now(); };
+    const stamp = () => { window.__xsT = window.__xsStampT = performance.now(); };
     document.addEventListener("keydown", stamp, true);
     document.addEventListener("pointerdown", stamp, true);
   }
@@ -83,6 +83,33 @@ MEASURE_JS = """async ([needle, timeout]) => {
 
 class _Wall(float):
     """Wall-clock ms of one call, with the process CPU time (``.cpu``) spent in it."""
+
+
+# Started before an input: when the curves' title equals the needle (a selection first visited gets its curves a
+# moment after its maps: "… (computing the other lags…)" until then), window.__xsCurvesMs = ms from the input's stamp
+# to the animation frame after that.
+CURVES_WATCH_JS = """([needle, timeout]) => {
+  window.__xsCurvesMs = null;
+  let title = null;
+  for (const doc of (window.Bokeh && Bokeh.documents) || []) {
+    const models = doc._all_models ? doc._all_models.values() : doc.all_models;
+    for (const m of models) {
+      const t = m.type || (m.constructor && m.constructor.__name__);
+      if (t === "Title" && typeof m.text === "string" && m.text.startsWith("Agreement by lag")) title = m;
+    }
+  }
+  if (!title) return false;
+  const start = performance.now();
+  (async () => {
+    while (title.text !== needle) {
+      if (performance.now() - start > timeout) { window.__xsCurvesMs = -1; return; }
+      await new Promise(r => setTimeout(r, 1));
+    }
+    await new Promise(r => requestAnimationFrame(() => r()));
+    window.__xsCurvesMs = performance.now() - window.__xsStampT;
+  })();
+  return true;
+}"""
 
 
 def _ms(fn) -> float:
@@ -241,7 +268,7 @@ def browser_side(moves: int) -> dict:
                 page.wait_for_timeout(150)  # let the rest of the page (the URL update) settle before the next input
                 return out
 
-            lag_ms, rule_ms, cold_ms, month_ms = [], [], {}, []
+            lag_ms, rule_ms, cold_ms, month_ms, curves_ms = [], [], {}, [], []
             handle = page.locator(".noUi-handle")
             lag, rule = 3, "epsilon"
             for i in range(moves):  # warm: the positive composites of every lag came with the first map's curves
@@ -253,9 +280,14 @@ def browser_side(moves: int) -> dict:
             for rnd in range(2):  # round 0: first visits (cold), round 1: warm
                 for r in list(lrp.RULES)[1:] + ["epsilon"]:
                     button = page.get_by_role("button", name=labels[r], exact=True)
+                    watch = rnd == 0 and r != "epsilon" and page.evaluate(
+                        CURVES_WATCH_JS, [f"Agreement by lag: {labels[r]}, positive composite", 60_000])
                     ms = measure(f"{labels[r]}, lag {lag}: positive", lambda: button.click())
                     if rnd == 0 and r != "epsilon":
                         cold_ms[r] = ms
+                        if watch:
+                            page.wait_for_function("() => window.__xsCurvesMs !== null", timeout=70_000)
+                            curves_ms.append(page.evaluate("() => window.__xsCurvesMs"))
                     else:
                         rule_ms.append(ms)
             page.get_by_role("button", name=lrp.EXPLAIN["month"], exact=True).click()
@@ -273,7 +305,8 @@ def browser_side(moves: int) -> dict:
             errors = list(page.console_errors)
     out.update({"lag": stats(lag_ms), "rule": stats(rule_ms), "month_epsilon": stats(month_ms),
                 **{f"rule_cold_{r}": stats([v]) for r, v in cold_ms.items()},
-                "rule_cold_all": stats(list(cold_ms.values())), "console_errors": errors, "load_after": load()})
+                "rule_cold_all": stats(list(cold_ms.values())), "rule_cold_curves_complete": stats(curves_ms),
+                "console_errors": errors, "load_after": load()})
     return out
 
 
@@ -295,7 +328,8 @@ def main(argv=None) -> int:
     from xaiscope.dashboard.lrp import RULES
 
     kinds += [(f"rule_cold_{r}", f"rule {r} (cold, first visit)") for r in RULES if r != "epsilon"]
-    kinds += [("rule_cold_epsilon", "rule epsilon (cold, first visit)"), ("rule_cold_all", "rule, any (cold)")]
+    kinds += [("rule_cold_epsilon", "rule epsilon (cold, first visit)"), ("rule_cold_all", "rule, any (cold)"),
+              ("rule_cold_curves_complete", "rule, any (cold): curves complete")]
     print(f"{'update':40s} {'server p50':>10s} {'p95':>7s} {'max':>7s} {'n':>3s} {'cpu p50':>7s} | "
           f"{'browser p50':>11s} {'p95':>7s} {'max':>7s} {'n':>3s} {'server cpu':>10s} {'page busy':>9s}")
     worst = 0.0

@@ -409,6 +409,7 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
         self._layout = None
         self._memo: dict = {}
         self._curves: dict = {}  # metric curves over a loaded sensitivity file (this view's own)
+        self._partial = False  # True while the first step of a two-step update is drawn (see _refresh)
         try:
             self.setup = prepare(checkpoint, sst)
         except Exception as err:  # noqa: BLE001 - shown to the user, app keeps running
@@ -568,21 +569,40 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
         """Metrics at every lag with a checkpoint (index lag): pattern correlation, top-k Jaccard, sign agreement
         and each map's region shares — the definitions of :mod:`xaiscope.core.agreement` on the sea-cell vectors
         (:func:`fast_metrics`); computed once per (checkpoints, data, rule, target, adjoint, k) in the engine's result
-        cache (shared by every session; a loaded sensitivity file's curves stay this view's)."""
+        cache (shared by every session; a loaded sensitivity file's curves stay this view's).
+
+        While the view draws a not yet computed selection in two steps (:meth:`_refresh` in a served session), the
+        first step gets the selected lag's row only (other lags NaN, nothing cached)."""
         from xaiscope.core.engine import get_engine
 
+        if self._partial and not self.curves_ready():
+            return self._compute_curves(only=self.lag)
         key = self._key(lag=-1)
         if self.source == "file" and self.file_sensitivity is not None:
             if key not in self._curves:
                 self._curves = {key: self._compute_curves()}
             return self._curves[key]
-        ckpts = tuple(self.setup.models[lag].ckpt.sha256 for lag in self.setup.lags)
-        return get_engine().cached((NS + ".curves", ckpts, self.setup.data_key, *key[1:7]), self._compute_curves)
+        return get_engine().cached(self._curves_key(), self._compute_curves)
 
-    def _compute_curves(self) -> pd.DataFrame:
+    def _curves_key(self) -> tuple:
+        ckpts = tuple(self.setup.models[lag].ckpt.sha256 for lag in self.setup.lags)
+        return (NS + ".curves", ckpts, self.setup.data_key, *self._key(lag=-1)[1:7])
+
+    def curves_ready(self) -> bool:
+        """True when the metric curves of the current selection are computed (cached)."""
+        from xaiscope.core.engine import get_engine
+
+        if self.source == "file" and self.file_sensitivity is not None:
+            return self._key(lag=-1) in self._curves
+        return self._curves_key() in get_engine().cache
+
+    def _compute_curves(self, only: int | None = None) -> pd.DataFrame:
         t0 = time.perf_counter()
         rows = []
         for lag in self.setup.lags:
+            if only is not None and lag != only:
+                rows.append({"lag": lag})
+                continue
             rel, adj = self.vectors(lag)
             mt = fast_metrics(rel, adj, self.setup.sea_area, self.k, self.setup.sea_region,
                               len(self.setup.regions.region))
@@ -797,11 +817,31 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
         for f in self._figs.values():
             f.title.text_font_size = "12px"
 
-    def _refresh(self, *_) -> None:
-        """Push the selection's data into the plots, in place."""
+    def _in_server(self) -> bool:
+        doc = pn.state.curdoc
+        return doc is not None and getattr(doc, "session_context", None) is not None
+
+    def _refresh(self, *_, complete: bool = False) -> None:
+        """Push the selection's data into the plots, in place. In a served session a selection whose curves are not
+        computed yet (the first visit of a rule or composite) is drawn in two steps: the maps, badges and the
+        selected lag's metrics at once, then — on the next tick, after that message went out — the other lags'
+        explanations and the curves (~0.1 s later)."""
         if self.setup is None or not hasattr(self, "_src"):
             return
         t0 = time.perf_counter()
+        # composites only: a new month (13 one-sample explanations) costs less than a second repaint
+        self._partial = (not complete and self.explain != "month" and self._in_server()
+                         and not self.curves_ready())
+        if self._partial:
+            doc = pn.state.curdoc
+
+            def fill():
+                from panel.io.state import set_curdoc
+
+                with set_curdoc(doc):
+                    self._refresh(complete=True)  # the current selection (it may have changed meanwhile)
+
+            doc.add_next_tick_callback(fill)
 
         def push():
             data = self.plot_data()
@@ -820,14 +860,18 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
                 for k in ("relevance", "adjoint"):
                     _set_if_changed(self._bars[k], "title", titles[f"{k}_bar"])
                 _set_if_changed(self._figs["curves"].title, "text",
-                                f"Agreement by lag: {RULES[self.rule][0]}, {self._what_short()}")
+                                f"Agreement by lag: {RULES[self.rule][0]}, {self._what_short()}"
+                                + (" (computing the other lags…)" if self._partial else ""))
                 if hasattr(self, "_badges"):  # the text panes change in the same message as the plots
                     _set_if_changed(self._badges, "object", badges)
                     _set_if_changed(self._note, "object", note)
             self.timings["sources_sent"] = sent
             return True
 
-        self._guard(push, None)
+        try:
+            self._guard(push, None)
+        finally:
+            self._partial = False
         self.timings["update_ms"] = 1000 * (time.perf_counter() - t0)
 
     # ------------------------------------------------------------------------------ text

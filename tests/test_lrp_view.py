@@ -327,6 +327,48 @@ def test_selection_errors_and_snapping():
     bad.__panel__()  # renders the alert, does not raise
 
 
+def test_first_visit_drawn_in_two_steps_in_a_served_session(view, monkeypatch):
+    """Served, a composite whose curves are not computed yet: first the maps and the selected lag's metrics (other
+    lags NaN, title says so), then on the next tick the complete curves — equal to the one-step computation."""
+    import panel as pn
+
+    from xaiscope.core.engine import get_engine
+
+    view.param.update(lag=5, rule="zplus", explain="negative", adjoint="sensitivity", source="lim")
+    full = view.curves().copy()
+    rel = view.plot_sources()["relevance"]["image"][0]
+    get_engine().cache.clear(("lrp.curves",))
+    scheduled = []
+
+    from bokeh.document import Document
+
+    class Doc(Document):  # a served session's document, as far as the view asks
+        @property
+        def session_context(self):
+            return object()
+
+        def add_next_tick_callback(self, cb):
+            scheduled.append(cb)
+
+    monkeypatch.setattr(pn.state, "curdoc", Doc())
+    view.rule = "epsilon"
+    view.rule = "zplus"  # the curves of (zplus, negative) are gone: two steps
+    assert len(scheduled) >= 1 and not view.curves_ready()
+    src = view.plot_sources()["curves"]
+    lags = list(src["lag"])
+    i = lags.index(5.0)
+    for col in ("pattern_correlation", "topk_jaccard", "sign_agreement"):
+        np.testing.assert_allclose(src[col][i], full.loc[5, col], rtol=1e-12)
+        assert np.isnan(np.delete(np.asarray(src[col], float), i)).all()
+    np.testing.assert_array_equal(view.plot_sources()["relevance"]["image"][0], rel)  # the maps are complete
+    assert "computing the other lags" in view._figs["curves"].title.text
+    view._refresh(complete=True)  # what the scheduled callback does
+    assert view.curves_ready()
+    np.testing.assert_allclose(np.asarray(view.plot_sources()["curves"]["pattern_correlation"], float),
+                               full["pattern_correlation"].values, rtol=1e-12)
+    assert "computing" not in view._figs["curves"].title.text
+
+
 def test_sessions_share_checkpoints_setup_and_explanations(monkeypatch):
     """Two views in one process read each checkpoint file once (the load test's hook: a log line per
     ``_load_checkpoint``), hold the same model objects and share the explanations and curves they compute."""
@@ -433,8 +475,9 @@ def test_browser_switch_lag_and_rule(tmp_path):
             assert "rule=zplus" in page.url
             page.get_by_role("button", name="integrated gradients", exact=True).click()
             page.wait_for_function(wait, arg="integrated gradients, lag 4: positive composite", timeout=120_000)
-            page.wait_for_function(wait, arg="Agreement by lag: integrated gradients, positive composite",
-                                   timeout=60_000)
+            # a first visit: the maps at once, the curves of the other lags a moment later (title says so until then)
+            page.wait_for_function("() => { const f = " + TITLES_JS + "; return f().some(s => s === "
+                                   "'Agreement by lag: integrated gradients, positive composite'); }", timeout=60_000)
             page.goto(url + "?view=lrp&lag=12&rule=gradient_x_input&explain=month&month=2016-02", timeout=240_000)
             page.wait_for_function(wait, arg="gradient × input, lag 12: 2016-02", timeout=240_000)
             page.wait_for_timeout(1000)

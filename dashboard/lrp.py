@@ -71,6 +71,7 @@ CURVES = (("pattern_correlation", "#1f77b4", "pattern correlation"), ("topk_jacc
 METRICS = ("pattern_correlation", "topk_jaccard", "sign_agreement", "sign_agreement_top")
 LIM_MODES = 20
 NS = "lrp"  # namespace of this view's entries in the engine's result cache
+FILL_DELAY_MS = 30  # a two-step update's second step starts this long after the first (see LrpAdjointExplorer._refresh)
 
 
 # ------------------------------------------------------------------------------------------------ set-up
@@ -824,8 +825,8 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
     def _refresh(self, *_, complete: bool = False) -> None:
         """Push the selection's data into the plots, in place. In a served session a selection whose curves are not
         computed yet (the first visit of a rule or composite) is drawn in two steps: the maps, badges and the
-        selected lag's metrics at once, then — on the next tick, after that message went out — the other lags'
-        explanations and the curves (~0.1 s later)."""
+        selected lag's metrics at once, then — :data:`FILL_DELAY_MS` later, after that message went out — the other
+        lags' explanations and the curves (~0.1 s of work)."""
         if self.setup is None or not hasattr(self, "_src"):
             return
         t0 = time.perf_counter()
@@ -841,7 +842,9 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
                 with set_curdoc(doc):
                     self._refresh(complete=True)  # the current selection (it may have changed meanwhile)
 
-            doc.add_next_tick_callback(fill)
+            # a timeout, not the next tick: the server writes the first step's message while awaiting, and a
+            # next-tick callback could run (and hold the loop ~0.1 s) before that message went out
+            doc.add_timeout_callback(fill, FILL_DELAY_MS)
 
         def push():
             data = self.plot_data()

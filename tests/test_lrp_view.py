@@ -329,7 +329,7 @@ def test_selection_errors_and_snapping():
 
 def test_first_visit_drawn_in_two_steps_in_a_served_session(view, monkeypatch):
     """Served, a composite whose curves are not computed yet: first the maps and the selected lag's metrics (other
-    lags NaN, title says so), then on the next tick the complete curves — equal to the one-step computation."""
+    lags NaN, title says so), then in a timeout callback the complete curves — equal to the one-step computation."""
     import panel as pn
 
     from xaiscope.core.engine import get_engine
@@ -347,7 +347,7 @@ def test_first_visit_drawn_in_two_steps_in_a_served_session(view, monkeypatch):
         def session_context(self):
             return object()
 
-        def add_next_tick_callback(self, cb):
+        def add_timeout_callback(self, cb, ms):
             scheduled.append(cb)
 
     monkeypatch.setattr(pn.state, "curdoc", Doc())

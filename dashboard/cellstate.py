@@ -886,9 +886,13 @@ class CellStateExplorer(pn.viewable.Viewer):
             idx = self._day_index()
             self._set_player(idx)
             if self.ready:
-                self._guard("Updating the day", self._refresh, "date")
+                self._guard("Updating the day", self._refresh, "date", False)
         # the whole step on the server, the message to the browser included (benchmarks/scrub_latency.py reads it)
         self.timings["step_ms"] = 1000 * (time.perf_counter() - t0)
+        if self.ready and self.mode == "window":
+            # the neighbouring days' windows, computed in a thread once the message is out (a thread started
+            # before would compete with building the message for the interpreter and the cores)
+            self._prefetch()
         timing_log.debug("day %s: computed in %.1f ms, updated in %.1f ms, step with message %.1f ms", self.date,
                          self.timings.get("compute_ms", 0), self.timings.get("update_ms", 0), self.timings["step_ms"])
         self._after_rest()
@@ -1054,7 +1058,7 @@ class CellStateExplorer(pn.viewable.Viewer):
         ckpt, ds, key, dev = self.ckpt, self.ds, self.state.data_key, self.state.device
         self._prefetching = _PREFETCH.submit(compute.prefetch_windows, ckpt, ds, key, days, dev)
 
-    def _refresh(self, what: str = "all") -> None:
+    def _refresh(self, what: str = "all", prefetch: bool = True) -> None:
         """Push the current data into the plots, in place.
 
         ``what``: ``"all"`` (everything), ``"date"`` (window mode: the window's series and internals; continuous
@@ -1074,7 +1078,7 @@ class CellStateExplorer(pn.viewable.Viewer):
             self.timings["compute_ms"] = 1000 * (time.perf_counter() - t1)
             self._push_day()
         self.timings["update_ms"] = 1000 * (time.perf_counter() - t0)
-        if not cont and what in ("all", "date"):
+        if prefetch and not cont and what in ("all", "date"):
             self._prefetch()
         if what == "date":
             # the status line goes out with the plots; the skill and file names follow once the day rests

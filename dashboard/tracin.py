@@ -248,6 +248,22 @@ def coast_path() -> hv.Path:
 
 
 # ------------------------------------------------------------------------------------------------ the view
+
+def _map_image(da, blank: bool = False) -> tuple[dict, float]:
+    """An SST map as the data of a Bokeh ``image`` glyph on longitudes centred on 180° (south to north), and its
+    colour limit (the 99th percentile of |value|); ``blank``: the same geometry, all NaN."""
+    lat, lon = da.lat.values, da.lon.values
+    v = np.asarray(da.values, dtype=np.float32)
+    if blank:
+        v = v * np.nan
+    if lat[0] > lat[-1]:
+        v, lat = v[::-1], lat[::-1]
+    c = float(np.nanpercentile(np.abs(v), 99)) if np.isfinite(v).any() else 1.0
+    c = c if c > 0 and np.isfinite(c) else 1.0
+    dx, dy = (lon[1] - lon[0]) / 2, (lat[1] - lat[0]) / 2
+    return {"image": [np.ascontiguousarray(v)], "x": [lon[0] - 180.0 - dx], "y": [lat[0] - dy],
+            "dw": [lon[-1] - lon[0] + 2 * dx], "dh": [lat[-1] - lat[0] + 2 * dy]}, c
+
 class TracInExplorer(pn.viewable.Viewer):
     """TracIn proponents, opponents and self-influence of a checkpoint series.
 
@@ -816,18 +832,7 @@ class TracInExplorer(pn.viewable.Viewer):
             q = q / max(np.nanmax(q), 1e-9) if have and np.isfinite(q).any() else q
             return title, {"t": df.index.values, "rain_lo": 1.0 - 0.45 * p, "rain_hi": np.ones(len(p)),
                            "q": 0.85 * q}, 1.0
-        da = self.example_map("train", i)
-        lat, lon = da.lat.values, da.lon.values
-        v = np.asarray(da.values, dtype=np.float32)
-        if not have:
-            v = v * np.nan
-        if lat[0] > lat[-1]:
-            v, lat = v[::-1], lat[::-1]
-        c = float(np.nanpercentile(np.abs(v), 99)) if np.isfinite(v).any() else 1.0
-        c = c if c > 0 and np.isfinite(c) else 1.0
-        dx, dy = (lon[1] - lon[0]) / 2, (lat[1] - lat[0]) / 2
-        return title, {"image": [np.ascontiguousarray(v)], "x": [lon[0] - 180.0 - dx], "y": [lat[0] - dy],
-                       "dw": [lon[-1] - lon[0] + 2 * dx], "dh": [lat[-1] - lat[0] + 2 * dy]}, c
+        return (title, *_map_image(self.example_map("train", i), blank=not have))
 
     def pick_base(self):
         """The series a test example is picked from (static): discharge of the test period (hydro), the QoI of
@@ -1005,18 +1010,7 @@ class TracInExplorer(pn.viewable.Viewer):
             nan = np.full(len(df), np.nan)
             return title, {"t": df.index.values, "prcp": nan if empty else df["prcp"].values,
                            "qobs": nan if empty else df["qobs"].values}, 1.0
-        da = self.example_map(split, j)
-        lat, lon = da.lat.values, da.lon.values
-        v = np.asarray(da.values, dtype=np.float32)
-        if empty:
-            v = v * np.nan
-        if lat[0] > lat[-1]:
-            v, lat = v[::-1], lat[::-1]
-        c = float(np.nanpercentile(np.abs(v), 99)) if np.isfinite(v).any() else 1.0
-        c = c if c > 0 and np.isfinite(c) else 1.0
-        dx, dy = (lon[1] - lon[0]) / 2, (lat[1] - lat[0]) / 2
-        return title, {"image": [np.ascontiguousarray(v)], "x": [lon[0] - 180.0 - dx], "y": [lat[0] - dy],
-                       "dw": [lon[-1] - lon[0] + 2 * dx], "dh": [lat[-1] - lat[0] + 2 * dy]}, c
+        return (title, *_map_image(self.example_map(split, j), blank=empty))
 
     def _big_figure(self, split: str):
         """The large plot of the test or the selected training example: a Bokeh figure built once per model and

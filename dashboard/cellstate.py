@@ -351,7 +351,10 @@ class CellStateExplorer(pn.viewable.Viewer):
             f.grid.grid_line_alpha = 0.35
             span = Span(location=self._day_ms(), dimension="height", line_color=COLORS["day"],
                         line_dash="dashed", line_width=max(1.5, lw), line_alpha=0.9, name="xs-day",
-                        visible=self.mode == "continuous")
+                        visible=self.mode == "continuous",
+                        # drawn on the canvas's overlay layer: moving it repaints only that layer, not the
+                        # decades of data under it (continuous mode scrubs by moving these markers alone)
+                        level="overlay")
             f.add_layout(span)
             self._spans.append(span)
             return f
@@ -401,7 +404,8 @@ class CellStateExplorer(pn.viewable.Viewer):
         # text would make the browser measure and lay out the figures again on every day
         self._heat_label = Label(x=4, y=2, x_units="screen", y_units="screen", text=self._image_title(),
                                  text_font_size=title_px, text_font_style="bold", text_color="#1a202c",
-                                 text_baseline="bottom", background_fill_color="white", background_fill_alpha=0.0)
+                                 text_baseline="bottom", background_fill_color="white", background_fill_alpha=0.0,
+                                 level="overlay")  # a new title repaints the overlay layer only
         f_heat.add_layout(self._heat_label, "above")
         f_heat.on_event(Tap, lambda event: self._on_tap(x=event.x, y=event.y))
         self._heat_fig = f_heat

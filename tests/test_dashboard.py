@@ -143,6 +143,9 @@ def test_continuous_mode_scrubbing_moves_only_the_day_marker(explorer):
     assert ex._src["series"].data["prcp"] is series_obj and ex._src["heat"].data["image"][0] is heat_obj
     assert {s.location for s in ex._spans} == {pd.Timestamp("2000-09-01").value / 1e6}
     assert all(s.visible for s in ex._spans)
+    # the markers and the title are on the canvases' overlay layer: moving them repaints that layer only, not the
+    # decades of data below (BokehJS repaints the primary layer when a painter of another level changes)
+    assert all(s.level == "overlay" for s in ex._spans) and ex._heat_label.level == "overlay"
     assert "day 2000-09-01" in ex._heat_label.text
     ex.mode = "window"
 

@@ -227,7 +227,10 @@ def server_side(repeats: int) -> dict:
     return out
 
 
-def browser_side(moves: int) -> dict:
+def browser_side(moves: int, warm_up: bool = False) -> dict:
+    """``warm_up=False``: the served app with its background warm-up off (XAISCOPE_LRP_WARMUP=0), so every rule's
+    first visit computes (the cold path). ``warm_up=True``: the app as shipped — once its warm-up has logged that the
+    composites are computed, the first visit of each rule (what a user sees a few seconds after opening the page)."""
     from browser_utils import CHROMIUM, browser_page, served_app
 
     from xaiscope.dashboard import lrp
@@ -236,7 +239,8 @@ def browser_side(moves: int) -> dict:
         return {"skipped": f"needs {CHROMIUM}"}
     out = {"load_before": load()}
     labels = {k: v[0] for k, v in lrp.RULES.items()}
-    with served_app(timeout=240) as (url, proc, log_path):
+    env = {"XAISCOPE_LRP_WARMUP": "1" if warm_up else "0"}
+    with served_app(timeout=240, env=env) as (url, proc, log_path):
         with browser_page() as page:
             cdp = page.context.new_cdp_session(page)
             cdp.send("Performance.enable")
@@ -271,13 +275,21 @@ def browser_side(moves: int) -> dict:
             lag_ms, rule_ms, cold_ms, month_ms, curves_ms = [], [], {}, [], []
             handle = page.locator(".noUi-handle")
             lag, rule = 3, "epsilon"
+            if warm_up:
+                t_w = time.perf_counter()
+                while "computed ahead" not in Path(log_path).read_text():
+                    if time.perf_counter() - t_w > 120:
+                        raise RuntimeError(f"the LRP warm-up did not finish in 120 s; see {log_path}")
+                    time.sleep(0.2)
+                out["warm_up_wait_s"] = time.perf_counter() - t_w
+                moves = 0
             for i in range(moves):  # warm: the positive composites of every lag came with the first map's curves
                 step = 1 if (i // 4) % 2 == 0 else -1
                 lag += step
                 handle.nth(0).focus()
                 lag_ms.append(measure(f"{labels[rule]}, lag {lag}: positive",
                                       lambda: page.keyboard.press("ArrowRight" if step > 0 else "ArrowLeft")))
-            for rnd in range(2):  # round 0: first visits (cold), round 1: warm
+            for rnd in range(1 if warm_up else 2):  # round 0: first visits (cold), round 1: warm
                 for r in list(lrp.RULES)[1:] + ["epsilon"]:
                     button = page.get_by_role("button", name=labels[r], exact=True)
                     watch = rnd == 0 and r != "epsilon" and page.evaluate(
@@ -290,6 +302,11 @@ def browser_side(moves: int) -> dict:
                             curves_ms.append(page.evaluate("() => window.__xsCurvesMs"))
                     else:
                         rule_ms.append(ms)
+            if warm_up:
+                return {"load_before": out["load_before"], "warm_up_wait_s": out["warm_up_wait_s"],
+                        "rule_first_warmed": stats(list(cold_ms.values())),
+                        "rule_first_warmed_curves_complete": stats(curves_ms),
+                        "console_errors": list(page.console_errors), "load_after": load()}
             page.get_by_role("button", name=lrp.EXPLAIN["month"], exact=True).click()
             months = lrp.prepare().months  # the served app's (same shipped checkpoints and data)
             page.wait_for_function("() => window.__xsTitle && / \\d{4}-\\d{2} ← /.test(window.__xsTitle.text)",
@@ -319,6 +336,12 @@ def main(argv=None) -> int:
 
     server = server_side(args.repeats)
     browser = None if args.no_browser else browser_side(args.moves)
+    if browser is not None and "skipped" not in browser:
+        warmed = browser_side(args.moves, warm_up=True)
+        browser["rule_first_warmed"] = warmed["rule_first_warmed"]
+        browser["rule_first_warmed_curves_complete"] = warmed["rule_first_warmed_curves_complete"]
+        browser["warm_up_wait_s"] = warmed["warm_up_wait_s"]
+        browser["console_errors"] = browser.get("console_errors", []) + warmed["console_errors"]
     print(f"prepare {server['prepare_ms']:.0f} ms (once per process); load average (1/5/15 min) server part "
           f"{server['load_before']} → {server['load_after']}" +
           ("" if not browser or "skipped" in browser else
@@ -329,10 +352,13 @@ def main(argv=None) -> int:
 
     kinds += [(f"rule_cold_{r}", f"rule {r} (cold, first visit)") for r in RULES if r != "epsilon"]
     kinds += [("rule_cold_epsilon", "rule epsilon (cold, first visit)"), ("rule_cold_all", "rule, any (cold)"),
-              ("rule_cold_curves_complete", "rule, any (cold): curves complete")]
+              ("rule_cold_curves_complete", "rule, any (cold): curves complete"),
+              ("rule_first_warmed", "rule, first visit after warm-up"),
+              ("rule_first_warmed_curves_complete", "  … curves complete")]
     print(f"{'update':40s} {'server p50':>10s} {'p95':>7s} {'max':>7s} {'n':>3s} {'cpu p50':>7s} | "
           f"{'browser p50':>11s} {'p95':>7s} {'max':>7s} {'n':>3s} {'server cpu':>10s} {'page busy':>9s}")
-    worst = 0.0
+    worst, worst_shipped = 0.0, 0.0
+    cold_only = {k for k, _ in kinds if k.startswith("rule_cold")}
     for key, label in kinds:
         s = server.get(key)
         b = (browser or {}).get(key)
@@ -345,12 +371,19 @@ def main(argv=None) -> int:
         for d in (s, b):
             if d and d["n"]:
                 worst = max(worst, d["p50"])
+                if key not in cold_only or d is s:  # as shipped: the browser's first visits come after the warm-up
+                    worst_shipped = max(worst_shipped, d["p50"])
     g = server["lag_with_geoviews_baseline"]
     print(f"{'lag, view + GeoViews baseline (server)':40s} {g['p50']:10.1f} {g['p95']:7.1f} {g['max']:7.1f} "
           f"{g['n']:3d}  ({g['p50'] / server['lag']['p50']:.1f}× the view's own lag update)")
     if browser and browser.get("console_errors"):
         print(f"browser console errors: {browser['console_errors'][:3]}")
-    print(f"goal ≤ 200 ms per update (p50 of every kind): {'met' if worst <= 200 else 'NOT met'} "
+    if browser and "warm_up_wait_s" in browser:
+        print(f"(the served app's background warm-up had computed every rule's composites "
+              f"{browser['warm_up_wait_s']:.1f} s after the page showed its first map)")
+    print(f"goal ≤ 200 ms per update (p50 of every kind), the app as shipped (browser first visits after its "
+          f"warm-up): {'met' if worst_shipped <= 200 else 'NOT met'} (worst p50 {worst_shipped:.0f} ms); "
+          f"with the browser's cold first visits too: {'met' if worst <= 200 else 'NOT met'} "
           f"(worst p50 {worst:.0f} ms)")
     print(json.dumps({"server": server, "browser": browser}, default=float))
     return 0

@@ -31,8 +31,10 @@ Maps are drawn with GeoViews in the Pacific-centred frame of the ENSO view, with
 from __future__ import annotations
 
 import io
+import os
 import json
 import logging
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -72,6 +74,57 @@ METRICS = ("pattern_correlation", "topk_jaccard", "sign_agreement", "sign_agreem
 LIM_MODES = 20
 NS = "lrp"  # namespace of this view's entries in the engine's result cache
 FILL_DELAY_MS = 30  # a two-step update's second step starts this long after the first (see LrpAdjointExplorer._refresh)
+# In a served app, the composite explanations of every rule at every lag are computed in a background thread once per
+# process and data (~0.1 s a rule and composite), so that a user's first visit of a rule is as fast as a return visit
+# (see warm_up). XAISCOPE_LRP_WARMUP=0 switches it off (benchmarks/lrp_view.py measures the cold path with it off).
+_WARMED: set = set()
+_WARM_LOCK = threading.Lock()
+
+
+def warm_up_enabled() -> bool:
+    return os.environ.get("XAISCOPE_LRP_WARMUP", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def warm_up(setup: "LrpSetup", rules=None, explains=("positive", "negative"), stop=None) -> int:
+    """Compute (into the engine's result cache) the explanations of ``rules`` (default: all) × ``explains`` at every
+    lag of ``setup``; returns how many were computed here (others were cached or computed by another caller).
+    ``stop()`` → True ends it early (the session is gone)."""
+    from xaiscope.core.engine import get_engine
+
+    cache = get_engine().cache
+    done = 0
+    for explain in explains:
+        for rule in rules or list(RULES):
+            for lag in setup.lags:
+                if stop is not None and stop():
+                    return done
+                key = (NS + ".explanation", setup.models[lag].ckpt.sha256, setup.data_key, rule, explain)
+                if key in cache:
+                    continue
+                setup.explanation(lag, rule, explain, "")
+                done += 1
+    return done
+
+
+def _start_warm_up(setup: "LrpSetup") -> None:
+    """Once per process and setup: :func:`warm_up` in a daemon thread (one torch thread, like the server)."""
+    key = (tuple(setup.models[lag].ckpt.sha256 for lag in setup.lags), setup.data_key)
+    with _WARM_LOCK:
+        if key in _WARMED or not warm_up_enabled():
+            return
+        _WARMED.add(key)
+
+    def run():
+        t0 = time.perf_counter()
+        try:
+            n = warm_up(setup)
+            log.info("LRP view: %d composite explanations computed ahead in %.1f s", n, time.perf_counter() - t0)
+        except Exception:  # noqa: BLE001 - a background nicety: the view computes on demand anyway
+            log.warning("LRP view: computing explanations ahead failed", exc_info=True)
+            with _WARM_LOCK:
+                _WARMED.discard(key)
+
+    threading.Thread(target=run, name="xaiscope-lrp-warm-up", daemon=True).start()
 
 
 # ------------------------------------------------------------------------------------------------ set-up
@@ -597,6 +650,16 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
             return self._key(lag=-1) in self._curves
         return self._curves_key() in get_engine().cache
 
+    def explanations_ready(self) -> bool:
+        """True when every lag's explanation of the current selection is in the engine's result cache (the curves
+        then cost ~10 ms: no need to draw in two steps)."""
+        from xaiscope.core.engine import get_engine
+
+        cache = get_engine().cache
+        target = self.explain if self.explain != "month" else self.month
+        return all((NS + ".explanation", self.setup.models[lag].ckpt.sha256, self.setup.data_key, self.rule, target)
+                   in cache for lag in self.setup.lags)
+
     def _compute_curves(self, only: int | None = None) -> pd.DataFrame:
         t0 = time.perf_counter()
         rows = []
@@ -832,7 +895,7 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
         t0 = time.perf_counter()
         # composites only: a new month (13 one-sample explanations) costs less than a second repaint
         self._partial = (not complete and self.explain != "month" and self._in_server()
-                         and not self.curves_ready())
+                         and not self.curves_ready() and not self.explanations_ready())
         if self._partial:
             doc = pn.state.curdoc
 
@@ -999,6 +1062,8 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
             return pn.Column(self._alert, sizing_mode="stretch_width")
         if self._layout is None:
             self._layout = self._make_layout()
+            if self._in_server():
+                _start_warm_up(self.setup)
             if pn.state.location is not None and pn.state.curdoc is not None:
                 pn.state.location.sync(self, {"lag": "lag", "rule": "rule", "explain": "explain", "month": "month"})
         return self._layout

@@ -338,6 +338,7 @@ def test_first_visit_drawn_in_two_steps_in_a_served_session(view, monkeypatch):
     full = view.curves().copy()
     rel = view.plot_sources()["relevance"]["image"][0]
     get_engine().cache.clear(("lrp.curves",))
+    get_engine().cache.clear(("lrp.explanation",))  # a cold visit (no warm-up ran)
     scheduled = []
 
     from bokeh.document import Document
@@ -367,6 +368,61 @@ def test_first_visit_drawn_in_two_steps_in_a_served_session(view, monkeypatch):
     np.testing.assert_allclose(np.asarray(view.plot_sources()["curves"]["pattern_correlation"], float),
                                full["pattern_correlation"].values, rtol=1e-12)
     assert "computing" not in view._figs["curves"].title.text
+
+
+def test_warm_up_makes_a_first_visit_one_step(view, monkeypatch):
+    """The served app computes every rule's composites ahead (warm_up); a first visit whose explanations are cached
+    is drawn in one step, with the same curves as a cold one-step computation."""
+    import panel as pn
+    from bokeh.document import Document
+
+    from xaiscope.core.engine import get_engine
+    from xaiscope.dashboard import lrp
+
+    view.param.update(lag=3, rule="epsilon", explain="negative", adjoint="sensitivity", source="lim")
+    cache = get_engine().cache
+    view.rule = "alpha1beta0_zb"
+    cold = view.curves().copy()
+    cache.clear(("lrp.curves",))
+    cache.clear(("lrp.explanation",))
+    view.rule = "epsilon"
+    calls, orig = [], lrp.explain_rows
+    monkeypatch.setattr(lrp, "explain_rows", lambda *a, **k: (calls.append(a[1]), orig(*a, **k))[1])
+    n = lrp.warm_up(view.setup, rules=["alpha1beta0_zb"], explains=("negative",))
+    assert n == len(view.setup.lags) == len(calls)
+    assert lrp.warm_up(view.setup, rules=["alpha1beta0_zb"], explains=("negative",)) == 0  # cached: none again
+    scheduled = []
+
+    class Doc(Document):
+        @property
+        def session_context(self):
+            return object()
+
+        def add_timeout_callback(self, cb, ms):
+            scheduled.append(cb)
+
+    monkeypatch.setattr(pn.state, "curdoc", Doc())
+    view.rule = "alpha1beta0_zb"
+    assert scheduled == [] and view.curves_ready()  # one step: the curves came with the maps
+    np.testing.assert_allclose(np.asarray(view.plot_sources()["curves"]["pattern_correlation"], float),
+                               cold["pattern_correlation"].values, rtol=1e-12)
+    assert "computing" not in view._figs["curves"].title.text
+
+
+def test_warm_up_runs_once_per_setup_and_can_be_switched_off(view, monkeypatch):
+    from xaiscope.dashboard import lrp
+
+    started = []
+    monkeypatch.setattr(lrp.threading, "Thread", lambda target, **kw: type("T", (), {
+        "start": lambda self: started.append(target)})())
+    monkeypatch.setattr(lrp, "_WARMED", set())
+    monkeypatch.setenv("XAISCOPE_LRP_WARMUP", "0")
+    lrp._start_warm_up(view.setup)
+    assert started == []
+    monkeypatch.setenv("XAISCOPE_LRP_WARMUP", "1")
+    lrp._start_warm_up(view.setup)
+    lrp._start_warm_up(view.setup)
+    assert len(started) == 1
 
 
 def test_sessions_share_checkpoints_setup_and_explanations(monkeypatch):

@@ -440,6 +440,10 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
     state : the app's shared state (accepted for the registry; used only to confine typed file paths).
     """
 
+    # the app's checkpoint and basin pickers are for the hydrology views: hidden while this view is shown (it picks
+    # its own checkpoints)
+    uses_sidebar_pickers = False
+
     lag = param.Integer(default=3, bounds=(0, 12), doc="months between the input map and the target month")
     rule = param.Selector(default="epsilon", objects=list(RULES), doc="relevance rule")
     explain = param.Selector(default="positive", objects=list(EXPLAIN), doc="one month or a composite")

@@ -277,6 +277,10 @@ class TracInExplorer(pn.viewable.Viewer):
     state : the app's shared state (accepted for the registry; the view keeps its own checkpoints).
     """
 
+    # the app's checkpoint and basin pickers are for the hydrology views: hidden while this view is shown (it picks
+    # its own checkpoints)
+    uses_sidebar_pickers = False
+
     model = param.Selector(default=None, objects=[], doc="checkpoint series")
     test = param.String(default="", doc="test example (its date or month)")
     method = param.Selector(default="last_layer", objects=list(METHOD_LABELS), doc="how TracIn is computed")

@@ -498,10 +498,11 @@ def test_app_hides_hydro_pickers_on_the_enso_view():
     data_w = [w for w in side if isinstance(w, pn.widgets.Select) and w.name == "Basin data"][0]
     view_w.value = "cells"
     assert ckpt_w.visible and data_w.visible  # the cell-state view uses them
-    view_w.value = "enso"
-    assert not ckpt_w.visible and not data_w.visible
-    view_w.value = "cells"
-    assert ckpt_w.visible and data_w.visible
+    for other in ("enso", "lrp", "tracin"):  # views that pick their own checkpoints
+        view_w.value = other
+        assert not ckpt_w.visible and not data_w.visible, other
+        view_w.value = "cells"
+        assert ckpt_w.visible and data_w.visible
 
 
 # ------------------------------------------------------------------------------------------------ browser

@@ -200,6 +200,7 @@ def serve_resources_locally() -> None:
     at call time, and in the template module, which imported it by name).
     """
     import panel.io.resources as resources
+    import panel.reactive as reactive
     import panel.template.base as template_base
 
     def use_cdn() -> bool:
@@ -207,6 +208,24 @@ def serve_resources_locally() -> None:
 
     resources.use_cdn = use_cdn
     template_base.use_cdn = use_cdn
+
+    # Component stylesheets are rewritten to the document's `dist_url` template variable, and to the CDN when the
+    # document has none yet — which is the case while a session's page is being built, before Panel renders its HTML
+    # (`panel.io.server.server_html_page_for_session`). With 20 sessions opening at once the load test still saw
+    # ~6 stylesheet links per page to cdn.holoviz.org from that window. Here the CDN is never the answer.
+    original = getattr(resources.patch_stylesheet, "__wrapped__", resources.patch_stylesheet)
+
+    def local_dist() -> str:
+        from panel.io.state import state
+
+        return f"{state.rel_path}/{resources.LOCAL_DIST}" if state.rel_path else resources.LOCAL_DIST
+
+    def patch_stylesheet(stylesheet, dist_url):
+        return original(stylesheet, local_dist() if dist_url == resources.CDN_DIST else dist_url)
+
+    patch_stylesheet.__wrapped__ = original
+    resources.patch_stylesheet = patch_stylesheet
+    reactive.patch_stylesheet = patch_stylesheet
 
 
 def set_torch_threads(n: int | None) -> None:

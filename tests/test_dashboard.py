@@ -481,7 +481,43 @@ def test_served_app_never_links_panel_resources_to_the_cdn():
             assert not resources.get_dist_path().startswith("http")
             assert not resources.is_cdn_url(resources.get_dist_path())
     finally:
+        import panel.reactive as reactive
         import panel.template.base as template_base
 
         resources.use_cdn = saved
         template_base.use_cdn = saved
+        resources.patch_stylesheet = reactive.patch_stylesheet = resources.patch_stylesheet.__wrapped__
+
+
+def test_served_app_never_rewrites_component_stylesheets_to_the_cdn():
+    """A component built while its document has no `dist_url` yet (a session's page being built) gets its
+    stylesheets rewritten to the CDN by Panel; in a served xaiscope app they stay on the server."""
+    import panel as pn
+    import panel.reactive as reactive
+    from bokeh.document import Document
+    from bokeh.models import ImportedStyleSheet
+    from panel.io import resources
+
+    from xaiscope.dashboard.app import serve_resources_locally
+
+    def urls(root):
+        return [s.url for s in root.select({"type": ImportedStyleSheet})]
+
+    before = pn.widgets.Button(name="x").get_root(Document())
+    assert any(resources.is_cdn_url(u) for u in urls(before))  # what Panel does on its own
+    saved = (resources.use_cdn, resources.patch_stylesheet)
+    try:
+        serve_resources_locally()
+        serve_resources_locally()  # idempotent: wraps Panel's function once
+        assert resources.patch_stylesheet.__wrapped__ is saved[1]
+        after = pn.widgets.Button(name="x").get_root(Document())
+        found = urls(after)
+        assert found and not any(resources.is_cdn_url(u) or u.startswith("http") for u in found), found
+        sheet = ImportedStyleSheet(url=resources.CDN_DIST + "css/loading.css")
+        reactive.patch_stylesheet(sheet, resources.CDN_DIST)
+        assert sheet.url.startswith(resources.LOCAL_DIST), sheet.url
+    finally:
+        import panel.template.base as template_base
+
+        resources.use_cdn = template_base.use_cdn = saved[0]
+        resources.patch_stylesheet = reactive.patch_stylesheet = saved[1]

@@ -137,7 +137,11 @@ def create_app(checkpoints: Sequence | None = None, data: Sequence | None = None
     shell.param.watch(lambda e: setattr(present_css, "present", e.new), "presentation")
     state_error = pn.pane.Alert("", alert_type="danger", visible=False)
     busy = pn.indicators.LoadingSpinner(value=False, size=24, name="", visible=False)
-    pickers_md, pickers_div = pn.pane.Markdown("#### Model and data"), pn.layout.Divider()
+    # a plain rule, not pn.layout.Divider: Divider builds its model without Panel's stylesheet rewriting, so under
+    # concurrent sessions its class stylesheet could stay a cdn.holoviz.org link (the load test saw it)
+    pickers_md = pn.pane.Markdown("#### Model and data")
+    pickers_div = pn.pane.HTML('<hr style="border:none;border-top:1px solid #d0d4da;margin:6px 0">',
+                               sizing_mode="stretch_width")
 
     def on_open(_):
         path = (path_w.value or "").strip()

@@ -327,6 +327,22 @@ def test_selection_errors_and_snapping():
     bad.__panel__()  # renders the alert, does not raise
 
 
+def _served_doc(scheduled: list):
+    """A served session's document, as far as the view asks: it has a session context, and its timeout callbacks are
+    collected in ``scheduled`` instead of run."""
+    from bokeh.document import Document
+
+    class Doc(Document):
+        @property
+        def session_context(self):
+            return object()
+
+        def add_timeout_callback(self, cb, ms):
+            scheduled.append(cb)
+
+    return Doc()
+
+
 def test_first_visit_drawn_in_two_steps_in_a_served_session(view, monkeypatch):
     """Served, a composite whose curves are not computed yet: first the maps and the selected lag's metrics (other
     lags NaN, title says so), then in a timeout callback the complete curves — equal to the one-step computation."""
@@ -340,18 +356,7 @@ def test_first_visit_drawn_in_two_steps_in_a_served_session(view, monkeypatch):
     get_engine().cache.clear(("lrp.curves",))
     get_engine().cache.clear(("lrp.explanation",))  # a cold visit (no warm-up ran)
     scheduled = []
-
-    from bokeh.document import Document
-
-    class Doc(Document):  # a served session's document, as far as the view asks
-        @property
-        def session_context(self):
-            return object()
-
-        def add_timeout_callback(self, cb, ms):
-            scheduled.append(cb)
-
-    monkeypatch.setattr(pn.state, "curdoc", Doc())
+    monkeypatch.setattr(pn.state, "curdoc", _served_doc(scheduled))
     view.rule = "epsilon"
     view.rule = "zplus"  # the curves of (zplus, negative) are gone: two steps
     assert len(scheduled) >= 1 and not view.curves_ready()
@@ -374,7 +379,6 @@ def test_warm_up_makes_a_first_visit_one_step(view, monkeypatch):
     """The served app computes every rule's composites ahead (warm_up); a first visit whose explanations are cached
     is drawn in one step, with the same curves as a cold one-step computation."""
     import panel as pn
-    from bokeh.document import Document
 
     from xaiscope.core.engine import get_engine
     from xaiscope.dashboard import lrp
@@ -392,16 +396,7 @@ def test_warm_up_makes_a_first_visit_one_step(view, monkeypatch):
     assert n == len(view.setup.lags) == len(calls)
     assert lrp.warm_up(view.setup, rules=["alpha1beta0_zb"], explains=("negative",)) == 0  # cached: none again
     scheduled = []
-
-    class Doc(Document):
-        @property
-        def session_context(self):
-            return object()
-
-        def add_timeout_callback(self, cb, ms):
-            scheduled.append(cb)
-
-    monkeypatch.setattr(pn.state, "curdoc", Doc())
+    monkeypatch.setattr(pn.state, "curdoc", _served_doc(scheduled))
     view.rule = "alpha1beta0_zb"
     assert scheduled == [] and view.curves_ready()  # one step: the curves came with the maps
     np.testing.assert_allclose(np.asarray(view.plot_sources()["curves"]["pattern_correlation"], float),

@@ -154,11 +154,13 @@ class ResultCache:
 
     ``get_or_compute`` computes a missing key once even when several threads ask at the same time (later callers
     wait for the running computation). A value larger than the whole bound is returned but not kept.
-    ``max_bytes=0`` disables keeping anything.
+    ``max_bytes=0`` disables keeping anything; ``max_bytes=None`` bounds only the number of entries
+    (``max_items``, also usable together with a byte bound).
     """
 
-    def __init__(self, max_bytes: int):
-        self.max_bytes = int(max_bytes)
+    def __init__(self, max_bytes: int | None, max_items: int | None = None):
+        self.max_bytes = None if max_bytes is None else int(max_bytes)
+        self.max_items = None if max_items is None else int(max_items)
         self._data: OrderedDict = OrderedDict()  # key -> (value, nbytes)
         self._lock = threading.RLock()
         self._running: dict[Hashable, threading.Lock] = {}
@@ -186,11 +188,12 @@ class ResultCache:
             old = self._data.pop(key, None)
             if old is not None:
                 self.bytes -= old[1]
-            if nbytes > self.max_bytes:
+            if self.max_bytes is not None and nbytes > self.max_bytes:
                 return
             self._data[key] = (value, nbytes)
             self.bytes += nbytes
-            while self.bytes > self.max_bytes and self._data:
+            while self._data and ((self.max_bytes is not None and self.bytes > self.max_bytes)
+                                  or (self.max_items is not None and len(self._data) > self.max_items)):
                 _, (_, size) = self._data.popitem(last=False)
                 self.bytes -= size
                 self.evictions += 1
@@ -241,7 +244,8 @@ class ResultCache:
     def stats(self) -> dict:
         with self._lock:
             asked = self.hits + self.misses
-            return {"entries": len(self._data), "used_mb": self.bytes / 1e6, "max_mb": self.max_bytes / 1e6,
+            return {"entries": len(self._data), "used_mb": self.bytes / 1e6,
+                    "max_mb": float("inf") if self.max_bytes is None else self.max_bytes / 1e6,
                     "hits": self.hits, "misses": self.misses, "evictions": self.evictions,
                     "hit_rate": self.hits / asked if asked else float("nan")}
 

@@ -9,14 +9,13 @@ the synthetic basin, a CAMELS-US folder and basin id, a forcing file or a NetCDF
 from __future__ import annotations
 
 import logging
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import xarray as xr
 
+from xaiscope.core.engine import ResultCache
 from xaiscope.core.errors import XaiscopeError
 
 log = logging.getLogger("xaiscope.dashboard")
@@ -37,64 +36,14 @@ class DataSource:
         return _DATASETS.get_or_compute(self.key, self.opener)
 
 
-class LRUCache:
-    """A small thread-safe least-recently-used cache on simple (hashable) keys.
-
-    A value is computed once even when several sessions ask for it at the same time: the later callers wait
-    for the running computation instead of starting their own.
-    """
+class LRUCache(ResultCache):
+    """A small thread-safe least-recently-used cache bounded in entries, on simple (hashable) keys: the engine's
+    :class:`~xaiscope.core.engine.ResultCache` (a value is computed once even when several sessions ask for it at the
+    same time) without a byte bound."""
 
     def __init__(self, maxsize: int = 64):
+        super().__init__(max_bytes=None, max_items=maxsize)
         self.maxsize = maxsize
-        self._data: OrderedDict = OrderedDict()
-        self._lock = threading.RLock()
-        self._running: dict[Any, threading.Lock] = {}
-        self.hits = 0
-        self.misses = 0
-
-    def _lookup(self, key):
-        with self._lock:
-            if key in self._data:
-                self._data.move_to_end(key)
-                self.hits += 1
-                return True, self._data[key]
-        return False, None
-
-    def get_or_compute(self, key, compute: Callable[[], Any]):
-        found, value = self._lookup(key)
-        if found:
-            return value
-        with self._lock:
-            key_lock = self._running.setdefault(key, threading.Lock())
-        with key_lock:
-            found, value = self._lookup(key)  # computed by another caller while this one waited
-            if found:
-                return value
-            try:
-                value = compute()
-                with self._lock:
-                    self.misses += 1
-                    self._data[key] = value
-                    self._data.move_to_end(key)
-                    while len(self._data) > self.maxsize:
-                        self._data.popitem(last=False)
-            finally:
-                with self._lock:
-                    self._running.pop(key, None)
-        return value
-
-    def running(self, key) -> bool:
-        """Whether ``key`` is being computed right now."""
-        with self._lock:
-            return key in self._running
-
-    def __contains__(self, key) -> bool:
-        with self._lock:
-            return key in self._data
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
 
 
 _DATASETS = LRUCache(maxsize=8)

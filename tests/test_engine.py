@@ -134,6 +134,22 @@ def test_cache_evicts_least_recently_used_within_its_byte_bound():
     assert "a" not in off
 
 
+def test_cache_bounded_in_entries_evicts_least_recently_used():
+    from xaiscope.dashboard.sources import LRUCache
+
+    for cache in (ResultCache(max_bytes=None, max_items=3), LRUCache(maxsize=3)):
+        for k in range(3):
+            cache.put(k, np.full(10_000, k))  # no byte bound: big values are kept
+        assert cache.get(0)[0] == 0
+        cache.put(3, np.zeros(10))
+        assert 1 not in cache and all(k in cache for k in (0, 2, 3)) and len(cache) == 3
+        assert cache.evictions == 1 and cache.stats()["max_mb"] == float("inf")
+    both = ResultCache(max_bytes=2 * 8000 + 100, max_items=10)  # whichever bound is hit first
+    for k in range(3):
+        both.put(k, np.zeros(1000))
+    assert len(both) == 2 and 0 not in both
+
+
 def test_cache_computes_a_key_once_under_concurrency():
     cache = ResultCache(10_000_000)
     calls, gate = [], threading.Event()

@@ -21,7 +21,6 @@ import panel as pn
 import param
 
 from xaiscope.dashboard.about import about_card
-from xaiscope.dashboard.bokeh_protocol import inline_small_buffers
 from xaiscope.dashboard.cellstate import CellStateExplorer
 from xaiscope.dashboard.registry import VIEWS, register_view
 from xaiscope.dashboard.state import AppState
@@ -262,7 +261,6 @@ def serve(port: int = 5006, address: str = "127.0.0.1", checkpoints: Sequence[st
     """
     set_torch_threads(torch_threads)
     serve_resources_locally()
-    inline_small_buffers()  # small arrays inside the message: one scrub step = 3 websocket frames, not ~29
     from xaiscope.dashboard.session import guard_released_connections
 
     guard_released_connections()  # pages closed while the server is busy: no AssertionError tracebacks
@@ -298,7 +296,6 @@ def _argv_options(argv: Sequence[str]) -> argparse.Namespace:
 
 if pn.state.served:  # `panel serve dashboard/app.py [--args ...]`
     serve_resources_locally()
-    inline_small_buffers()
     _opts = _argv_options(sys.argv[1:])
     set_torch_threads(1)
     from xaiscope.dashboard.sources import default_checkpoints as _defaults

@@ -84,8 +84,8 @@ HAS_TITLE_JS = """(needle) => {
 # Wait (in the page) until a title contains the needle, plus one animation frame; ms since window.__t0 (set just
 # before the input) or -1 on timeout.
 MARK_JS = "() => { window.__t0 = performance.now(); }"
-MEASURE_JS = """async ([needle, timeout]) => {
-  const t0 = window.__t0;
+# The body both measurements end with: wait for a title holding `needle`, then for the frame that paints it.
+_WAIT_TITLE_JS = """
   const has = """ + HAS_TITLE_JS + """;
   while (!has(needle)) {
     if (performance.now() - t0 > timeout) return -1;
@@ -94,6 +94,8 @@ MEASURE_JS = """async ([needle, timeout]) => {
   await new Promise(r => requestAnimationFrame(() => r()));
   return performance.now() - t0;
 }"""
+MEASURE_JS = """async ([needle, timeout]) => {
+  const t0 = window.__t0;""" + _WAIT_TITLE_JS
 
 # The select whose options are all months (the TracIn test example list): its options and current value.
 MONTH_SELECT = """(() => {
@@ -115,15 +117,7 @@ SELECT_AND_MEASURE_JS = """async ([value, needle, timeout]) => {
   if (!s) return -2;
   const t0 = performance.now();
   s.value = value;
-  s.dispatchEvent(new Event("change", {bubbles: true}));
-  const has = """ + HAS_TITLE_JS + """;
-  while (!has(needle)) {
-    if (performance.now() - t0 > timeout) return -1;
-    await new Promise(r => setTimeout(r, 10));
-  }
-  await new Promise(r => requestAnimationFrame(() => r()));
-  return performance.now() - t0;
-}"""
+  s.dispatchEvent(new Event("change", {bubbles: true}));""" + _WAIT_TITLE_JS
 
 
 def pct(values, q):

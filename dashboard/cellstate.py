@@ -104,6 +104,16 @@ def nice_range(lo: float, hi: float, zero: bool = False) -> tuple[float, float]:
     return (float(np.floor((lo - 0.05 * span) / step) * step), float(np.ceil((hi + 0.05 * span) / step) * step))
 
 
+def _finite_extent(*arrays) -> tuple[float, float]:
+    """(min, max) over the finite values of all ``arrays``; (nan, nan) when there are none."""
+    vals = [np.asarray(v) for v in arrays]
+    vals = [v[np.isfinite(v)] for v in vals]
+    vals = [v for v in vals if v.size]
+    if not vals:
+        return np.nan, np.nan
+    return float(min(v.min() for v in vals)), float(max(v.max() for v in vals))
+
+
 def _set_range(rng, lo: float, hi: float) -> None:
     """Move a Range1d (and its reset target) only when it changes: an unchanged range sends nothing."""
     if (rng.start, rng.end) != (lo, hi):
@@ -452,10 +462,7 @@ class CellStateExplorer(pn.viewable.Viewer):
         _set_range(self._xr, x0, x1)
 
         def ext(*cols):
-            vals = [data[c] for c in cols if c in data and np.isfinite(data[c]).any()]
-            if not vals:
-                return np.nan, np.nan
-            return float(min(np.nanmin(v) for v in vals)), float(max(np.nanmax(v) for v in vals))
+            return _finite_extent(*(data[c] for c in cols if c in data))
 
         _set_range(self._yr["prcp"], *nice_range(*ext("prcp"), zero=True))
         _set_range(self._yr["temp"], *nice_range(*ext("tmin", "tmax", "tmean")))
@@ -491,13 +498,7 @@ class CellStateExplorer(pn.viewable.Viewer):
                 r.glyph.y = field
             if r.visible != on:
                 r.visible = on
-        if len(self.cells):
-            sel = arr[:, list(self.cells[:MAX_TRACES])]
-            fin = np.isfinite(sel)
-            lo, hi = (float(sel[fin].min()), float(sel[fin].max())) if fin.any() else (np.nan, np.nan)
-        else:
-            lo, hi = np.nan, np.nan
-        _set_range(self._yr["traces"], *nice_range(lo, hi))
+        _set_range(self._yr["traces"], *nice_range(*_finite_extent(*(arr[:, c] for c in self.cells[:MAX_TRACES]))))
         self._legend_pane.object = self.legend_html()
 
     def legend_entries(self) -> list[tuple[str, str, str]]:

@@ -98,8 +98,7 @@ def warm_up(setup: "LrpSetup", rules=None, explains=("positive", "negative"), st
             for lag in setup.lags:
                 if stop is not None and stop():
                     return done
-                key = (NS + ".explanation", setup.models[lag].ckpt.sha256, setup.data_key, rule, explain)
-                if key in cache:
+                if setup.explanation_key(lag, rule, explain) in cache:
                     continue
                 setup.explanation(lag, rule, explain, "")
                 done += 1
@@ -201,13 +200,18 @@ class LrpSetup:
             self.adjoints[lag] = self.lim.adjoint_sensitivity(self.qoi_w, lag)
         return self.adjoints[lag]
 
+    def explanation_key(self, lag: int, rule: str, explain: str, month: str = "") -> tuple:
+        """The engine cache key of :meth:`explanation` (a composite does not depend on ``month``)."""
+        return (NS + ".explanation", self.models[lag].ckpt.sha256, self.data_key, rule,
+                explain if explain != "month" else month)
+
     def explanation(self, lag: int, rule: str, explain: str, month: str):
         """(rows, Explanation) of the target, in the engine's result cache per (checkpoint sha256, data, rule,
         target): every session of the process shares it."""
         from xaiscope.core.engine import get_engine
 
         m = self.models[lag]
-        key = (NS + ".explanation", m.ckpt.sha256, self.data_key, rule, explain if explain != "month" else month)
+        key = self.explanation_key(lag, rule, explain, month)
 
         def compute():
             rows = m.rows(explain, month)
@@ -660,9 +664,8 @@ class LrpAdjointExplorer(pn.viewable.Viewer):
         from xaiscope.core.engine import get_engine
 
         cache = get_engine().cache
-        target = self.explain if self.explain != "month" else self.month
-        return all((NS + ".explanation", self.setup.models[lag].ckpt.sha256, self.setup.data_key, self.rule, target)
-                   in cache for lag in self.setup.lags)
+        return all(self.setup.explanation_key(lag, self.rule, self.explain, self.month) in cache
+                   for lag in self.setup.lags)
 
     def _compute_curves(self, only: int | None = None) -> pd.DataFrame:
         t0 = time.perf_counter()

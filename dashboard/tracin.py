@@ -952,7 +952,10 @@ class TracInExplorer(pn.viewable.Viewer):
         for t, role in ((self._prop_t, "proponent"), (self._opp_t, "opponent")):
             # new rows, no row selected: a click on any row (the first too) opens that example
             rows = df[df.role == role][cols].reset_index(drop=True)
-            t.param.update(value=rows, selection=[], height=50 + 40 * max(len(rows), 1))
+            # Bokeh's DataTable redraws its grid only when its CDSView's indices change, so new rows of the same
+            # count would leave the old ones on screen (bokeh/bokeh#13859): pass through an empty table first
+            t.param.update(value=rows.iloc[:0], selection=[])
+            t.param.update(value=rows, height=50 + 40 * max(len(rows), 1))
         self._update_thumbs()
         self._update_diag()
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the test suite's GPU-capable part and the core benchmarks on a lent GPU machine (no network there).
 #
-#   bash benchmarks/gpu_run.sh probe|tests|bench|all
+#   bash benchmarks/gpu_run.sh probe|tests|bench|tracin|all
 #
 # Run from the repository root, or from a snapshot of the last commit so that uncommitted edits in a shared working
 # tree do not travel into the run (the device call carries ".whl" and ".gpu_tree"):
@@ -89,7 +89,12 @@ tests() {
 }
 
 # Each benchmark on the GPU and, for a same-machine baseline, on this machine's CPU (same flags otherwise).
-# benchmarks/tracin.py is not run: the TracIn gradients (core.influence) compute on the CPU only.
+tracin() {
+    local dev=${BENCH_DEVICE:-cuda}
+    { $PY benchmarks/tracin.py --device "$dev" --captum-devices "cpu,$dev" --windows "${TRACIN_WINDOWS:-20000}" \
+        --captum-windows 2000; } 2>&1 | tee "$OUT/bench_tracin.log"
+}
+
 bench() {
     local dev=${BENCH_DEVICE:-cuda}
     { $PY benchmarks/states.py --device "$dev"; echo; $PY benchmarks/states.py --device cpu --threads 2; } 2>&1 \
@@ -104,7 +109,8 @@ install
 case "$MODE" in
     probe) probe ;;
     tests) tests ;;
+    tracin) tracin ;;
     bench) bench ;;
-    all) tests; bench ;;
-    *) echo "usage: $0 probe|tests|bench|all"; exit 2 ;;
+    all) tests; bench; tracin ;;
+    *) echo "usage: $0 probe|tests|bench|tracin|all"; exit 2 ;;
 esac

@@ -390,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="zarr (default; --out may be a shared folder or an fsspec URL such as s3://bucket/store) "
                         "or npy (the older memory-mapped form, in-process only; the default where Zarr 3 is not "
                         "installed)")
+    p.add_argument("--device", default=None, metavar="auto|cpu|cuda[:N]|mps",
+                   help="where the gradients are computed in this process (default: the CPU; auto: a GPU when "
+                        "there is one); not with --scheduler")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_precompute_influence)
     return parser

@@ -37,10 +37,12 @@ and (optionally) its final linear layer.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import math
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -51,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xaiscope.core.checkpoint import Checkpoint, list_series, load_checkpoint
+from xaiscope.core.device import choose_device
 from xaiscope.core.errors import XaiscopeError
 
 METHODS = ("exact", "last_layer", "projection")
@@ -103,6 +106,7 @@ class TaskAdapter:
     head: str | None = None
     route = "loop"
     batch_size = 256        # examples per batched gradient computation
+    device_batch_size: int | None = None   # on a GPU (None: batch_size)
     description = ""
 
     def examples(self, ckpt: Checkpoint, split: str = "train", data: Any = None) -> Examples:
@@ -161,6 +165,7 @@ class HydroAdapter(TaskAdapter):
     head = "head"
     route = "lstm"
     batch_size = 128        # measured fastest per example on a CPU (oneDNN LSTM kernels, cache-sized)
+    device_batch_size = 4096  # on a GPU: more examples share the recursion's per-step kernel launches (~3.5 GB)
     description = "365-day input window → discharge of its last day; loss = squared error (normalised)"
 
     def examples(self, ckpt, split="train", data=None):
@@ -489,7 +494,9 @@ def _lstm_layer_gates(lstm: nn.LSTM, layer: int, inp: torch.Tensor):
     keys = ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if lstm.bias else ("weight_ih", "weight_hh")
     w = [getattr(lstm, f"{k}_l{layer}").detach() for k in keys]
     zeros = inp.new_zeros(1, B, H)
-    h = torch.lstm(inp.contiguous(), (zeros, zeros), w, lstm.bias, 1, 0.0, False, False, False)[0]
+    with warnings.catch_warnings():   # on CUDA: one layer's weights are not a whole cuDNN buffer (small; copied)
+        warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous chunk")
+        h = torch.lstm(inp.contiguous(), (zeros, zeros), w, lstm.bias, 1, 0.0, False, False, False)[0]
     operand = inp.new_empty(T, B, n_in + H + 1)
     operand[..., :n_in] = inp
     operand[0, :, n_in:n_in + H] = 0
@@ -661,20 +668,41 @@ class EmbeddingSpec:
         return "exact" + (f" ({', '.join(self.layers)})" if self.layers else " (all parameters)")
 
 
+def _model_on(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` itself on its own device, else a copy on ``device`` (a shared model is never moved)."""
+    if next(model.parameters()).device == device:
+        return model
+    moved = copy.deepcopy(model).to(device)
+    for mod in moved.modules():
+        if isinstance(mod, nn.RNNBase):
+            mod.flatten_parameters()       # cuDNN reads an LSTM's weights from one contiguous buffer
+    cw = getattr(model, "_tracin_class_weights", None)
+    if cw is not None:
+        moved._tracin_class_weights = cw.to(device)
+    return moved
+
+
 def embed(ckpts: Sequence[Checkpoint], x, y, spec: EmbeddingSpec | None = None, adapter: TaskAdapter | None = None,
-          batch_size: int | None = None, out: np.ndarray | None = None, progress: Callable[[int, int], None] | None = None
-          ) -> np.ndarray:
+          batch_size: int | None = None, out: np.ndarray | None = None, progress: Callable[[int, int], None] | None = None,
+          device: str | torch.device | None = None) -> np.ndarray:
     """TracIn embeddings (N, Σ_c D_c): per checkpoint √η_c × per-example gradient (or its projection).
 
-    ``e(z) · e(z')`` is the TracInCP score. ``out`` may be a (memory-mapped) array to fill.
+    ``e(z) · e(z')`` is the TracInCP score. ``out`` may be a (memory-mapped) array to fill. ``device``: where the
+    gradients are computed (``None``: the CPU; ``"auto"``, ``"cuda"``, … as :func:`~xaiscope.core.device.
+    choose_device` reads them; the checkpoints' models are copied there, float32 math stays exact — no TF32); on
+    a GPU the default batch is the adapter's ``device_batch_size``. The result is a float32 NumPy array either way.
     """
+    from xaiscope.core.device import exact_math
+
     spec = spec or EmbeddingSpec()
     adapter = adapter or get_adapter(ckpts[0].kind)
-    batch_size = int(batch_size or adapter.batch_size)
+    device = torch.device("cpu") if device is None else choose_device(device)
+    on_cpu = device.type == "cpu"
+    batch_size = int(batch_size or (adapter.batch_size if on_cpu else adapter.device_batch_size or adapter.batch_size))
     n = len(x)
     blocks, total = [], 0
     for c in ckpts:
-        model = prepare_model(c)
+        model = prepare_model(c) if on_cpu else _model_on(prepare_model(c), device)
         names = head_names(model, adapter) if spec.method == "last_layer" else param_names(model, spec.layers)
         d = sum(dict(model.named_parameters())[k].numel() for k in names)
         blocks.append((c, model, names, d))
@@ -689,11 +717,17 @@ def embed(ckpts: Sequence[Checkpoint], x, y, spec: EmbeddingSpec | None = None, 
         dtype = next(model.parameters()).dtype
         scale = math.sqrt(learning_rate(c))
         proj = _projection(d, spec.dim, spec.seed + ci, dtype) if spec.method == "projection" else None
+        if proj is not None and not on_cpu:
+            proj = proj.to(device)
         width = spec.dim if proj is not None else d
         route = "last_layer" if spec.method == "last_layer" else None
         for s in range(0, n, batch_size):
             xb, yb = _as_tensor(x[s:s + batch_size], dtype), _as_tensor(y[s:s + batch_size], dtype)
-            g = per_sample_grads(adapter, model, xb, yb, names, route).detach()
+            if on_cpu:
+                g = per_sample_grads(adapter, model, xb, yb, names, route).detach()
+            else:
+                with exact_math():
+                    g = per_sample_grads(adapter, model, xb.to(device), yb.to(device), names, route).detach()
             if proj is not None:
                 g = g @ proj
             else:
@@ -729,27 +763,40 @@ class TopK:
     opponent_scores: np.ndarray
 
 
-def _top_k_indices(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the ``k`` largest and ``k`` smallest entries along the last axis, each sorted (largest first /
-    most negative first). One ``argpartition`` pass with both pivots (linear time, no negated copy), then only the
-    winners are sorted."""
-    n = scores.shape[-1]
+def _settle(row: np.ndarray, cand: np.ndarray, k: int, labels: np.ndarray, high: bool) -> np.ndarray:
+    """The k winners among ``cand`` (positions in ``row``) in order — largest (``high``) or smallest score first,
+    equal scores by label — with ties across the k-th place resolved the same way: the lowest labels win."""
+    vals = row[cand]
+    t = vals.min() if high else vals.max()
+    if np.count_nonzero(row == t) != np.count_nonzero(vals == t):    # a tie crosses the k-th place
+        strict = np.flatnonzero(row > t) if high else np.flatnonzero(row < t)
+        tied = np.flatnonzero(row == t)
+        cand = np.concatenate([strict, tied[np.argsort(labels[tied], kind="stable")][:k - len(strict)]])
+    return cand[np.lexsort((labels[cand], -row[cand] if high else row[cand]))]
+
+
+def _top_k_indices(scores: np.ndarray, k: int, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the ``k`` largest and ``k`` smallest entries along the last axis, each sorted (largest first /
+    most negative first; equal scores by ``labels``, default the positions — so the result does not depend on
+    how the scores were laid out). One ``argpartition`` pass with both pivots (linear time, no negated copy),
+    then only the winners are sorted."""
+    s2 = np.asarray(scores).reshape(-1, scores.shape[-1])
+    n = s2.shape[-1]
+    labels = np.arange(n) if labels is None else np.asarray(labels)
     if 2 * k <= n:
-        part = np.argpartition(scores, (k - 1, n - k), axis=-1)
-        lo, hi = part[..., :k], part[..., n - k:]
+        part = np.argpartition(s2, (k - 1, n - k), axis=-1)
+        lo, hi = part[:, :k], part[:, n - k:]
     else:
-        order = np.argsort(scores, axis=-1, kind="stable")
-        lo, hi = order[..., :k], order[..., ::-1][..., :k]
-    lo_s = np.take_along_axis(scores, lo, -1)
-    hi_s = np.take_along_axis(scores, hi, -1)
-    lo = np.take_along_axis(lo, np.argsort(lo_s, axis=-1, kind="stable"), -1)
-    hi = np.take_along_axis(hi, np.argsort(-hi_s, axis=-1, kind="stable"), -1)
-    return hi, lo
+        lo = hi = np.broadcast_to(np.arange(n), s2.shape)
+    his = np.stack([_settle(r, c, k, labels, True)[:k] for r, c in zip(s2, hi)])
+    los = np.stack([_settle(r, c, k, labels, False)[:k] for r, c in zip(s2, lo)])
+    return his.reshape(*scores.shape[:-1], k), los.reshape(*scores.shape[:-1], k)
 
 
 def top_k(scores: np.ndarray, k: int = 10) -> TopK:
-    """The ``k`` largest (proponents) and ``k`` most negative (opponents) scores of one test example.
-    One ``argpartition`` (linear time) finds both ends; only the k winners of each are sorted."""
+    """The ``k`` largest (proponents) and ``k`` most negative (opponents) scores of one test example (equal scores:
+    the lower training index first). One ``argpartition`` (linear time) finds both ends; only the k winners of
+    each are sorted."""
     scores = np.asarray(scores)
     k = int(min(k, scores.size))
     if k < 1:
@@ -758,14 +805,16 @@ def top_k(scores: np.ndarray, k: int = 10) -> TopK:
     return TopK(hi, scores[hi], lo, scores[lo])
 
 
-def top_k_rows(scores: np.ndarray, k: int = 10) -> list[TopK]:
-    """:func:`top_k` of every row of a score matrix (n_test, n_train), all rows in one ``argpartition``."""
+def top_k_rows(scores: np.ndarray, k: int = 10, labels: np.ndarray | None = None) -> list[TopK]:
+    """:func:`top_k` of every row of a score matrix (n_test, n_train), all rows in one ``argpartition``.
+    ``labels``: the training index of each column (default the column number); the result holds labels."""
     scores = np.atleast_2d(np.asarray(scores))
     k = int(min(k, scores.shape[1]))
     if k < 1:
         raise InfluenceError("k must be ≥ 1 and the training set non-empty.")
-    hi, lo = _top_k_indices(scores, k)
-    return [TopK(h, row[h], lo_, row[lo_]) for h, lo_, row in zip(hi, lo, scores)]
+    hi, lo = _top_k_indices(scores, k, labels)
+    lab = (lambda i: i) if labels is None else (lambda i: np.asarray(labels)[i])
+    return [TopK(lab(h), row[h], lab(lo_), row[lo_]) for h, lo_, row in zip(hi, lo, scores)]
 
 
 QUERY_BLOCK_BYTES = 8 << 20      # training rows per block of the score product: ~8 MiB of embeddings (cache-sized)
@@ -795,10 +844,85 @@ def score_product(test_embeddings: np.ndarray, train_embeddings: np.ndarray, out
     return out
 
 
-def query(test_embeddings: np.ndarray, train_embeddings: np.ndarray, k: int = 10) -> list[TopK]:
-    """Top-k proponents/opponents of each test embedding against stored training embeddings: the exact
-    float32 score product (:func:`score_product`) plus one ``argpartition``."""
-    return top_k_rows(score_product(test_embeddings, train_embeddings), k)
+def query(test_embeddings: np.ndarray, train_embeddings: np.ndarray, k: int = 10,
+          sq_norms: np.ndarray | None = None, order: np.ndarray | None = None) -> list[TopK]:
+    """Top-k proponents/opponents of each test embedding against stored training embeddings, exact.
+
+    Without ``sq_norms``: the float32 score product with every training row (:func:`score_product`) plus one
+    ``argpartition``. With ``sq_norms`` (‖e‖² of every training row, i.e. the self-influence; ``order``: the rows
+    by decreasing norm, computed when not given) the same top-k from fewer rows, certified: the rows are scored
+    in decreasing order of norm, and as soon as Cauchy–Schwarz (|q · e| ≤ ‖q‖ ‖e‖) shows that no row left can
+    reach the k-th proponent or opponent score of any test embedding, the rest is skipped (:func:`pruned_query`
+    has the details)."""
+    if sq_norms is None:
+        return top_k_rows(score_product(test_embeddings, train_embeddings), k)
+    return pruned_query(test_embeddings, train_embeddings, sq_norms, k, order)
+
+
+PRUNE_STEPS = (1 / 64,) * 16   # fractions of the training rows scored before each bound check (a quarter in all)
+PRUNE_MARGIN = 4e-3        # least relative slack of the bound for float32 round-off (worst case d·2⁻²⁴ ‖q‖‖e‖; 2× that when larger)
+
+
+def norm_order(sq_norms: np.ndarray) -> np.ndarray:
+    """Training rows by decreasing norm (the order :func:`pruned_query` scores them in)."""
+    return np.argsort(-np.asarray(sq_norms, dtype=np.float64), kind="stable")
+
+
+def pruned_query(test_embeddings: np.ndarray, train_embeddings: np.ndarray, sq_norms: np.ndarray, k: int = 10,
+                 order: np.ndarray | None = None, stats: dict | None = None) -> list[TopK]:
+    """The exact top-k of :func:`query` without scoring every training row.
+
+    Training gradient norms are heavy-tailed (on the hydrology LSTM the largest is ~1,600× the median), and a row
+    e can only be a top-k proponent or opponent of q if ‖q‖ ‖e‖ ≥ |q · e| exceeds the k-th score found so far.
+    So the rows are scored in decreasing order of norm, in blocks of 1/64 of them (:data:`PRUNE_STEPS`; each
+    gathered into one contiguous block, one ``sgemm``); after each block, if ‖q‖ × the largest norm left (plus
+    :data:`PRUNE_MARGIN` for float32 round-off) is below both the k-th largest score and minus the k-th smallest
+    of every test embedding, no unscored row can enter any top-k and the query stops. Where the bound does not
+    prune within a quarter of the rows (norms of similar size, e.g. random projections), every row is scored as
+    in the plain query (at most 1.25× its work). The result — indices and float32 scores — is the one :func:`query` gives without
+    ``sq_norms`` (test). ``stats``, a dict, gets ``rows_scored`` (how many training rows were multiplied)."""
+    q = np.ascontiguousarray(np.atleast_2d(test_embeddings), dtype=np.float32)
+    E = train_embeddings
+    n, d = E.shape
+    if q.shape[1] != d:
+        raise InfluenceError(f"test embeddings have {q.shape[1]} columns, the training embeddings {d}.")
+    sq = np.asarray(sq_norms, dtype=np.float64)
+    if sq.shape != (n,):
+        raise InfluenceError(f"sq_norms has shape {sq.shape}, the training embeddings have {n} rows.")
+    k = int(min(k, n))
+    if k < 1:
+        raise InfluenceError("k must be ≥ 1 and the training set non-empty.")
+    order = norm_order(sq) if order is None else np.asarray(order)
+    qn = np.linalg.norm(q.astype(np.float64), axis=1)
+    norms = np.sqrt(np.maximum(sq, 0.0))
+    if E.dtype != np.float32:
+        E = np.asarray(E, dtype=np.float32)
+    margin = max(PRUNE_MARGIN, 2.0 * d * 2.0 ** -24)
+    stats = stats if stats is not None else {}
+    parts, done = [], 0
+    for frac in PRUNE_STEPS:
+        stop = min(n, done + max(int(math.ceil(frac * n)), 4 * k, 64))
+        rows = np.sort(order[done:stop])           # ascending: the gather reads memory in order
+        block = np.empty((len(q), len(rows)), dtype=np.float32)
+        np.matmul(q, np.take(E, rows, axis=0).T, out=block)
+        parts.append((rows, block))
+        done = stop
+        if done >= n:
+            break
+        idx = np.concatenate([r for r, _ in parts])
+        scores = np.concatenate([b for _, b in parts], axis=1)
+        if len(idx) >= k:
+            part = np.partition(scores, (k - 1, len(idx) - k), axis=1)
+            kth_low, kth_high = part[:, k - 1].astype(np.float64), part[:, len(idx) - k].astype(np.float64)
+            bound = qn * norms[order[done]] * (1 + margin)
+            if np.all((bound < kth_high) & (bound < -kth_low)):
+                stats["rows_scored"] = done
+                return top_k_rows(scores, k, labels=idx)
+    stats["rows_scored"] = n
+    if done >= n:
+        return top_k_rows(np.concatenate([b for _, b in parts], axis=1), k,
+                          labels=np.concatenate([r for r, _ in parts]))
+    return top_k_rows(score_product(q, E), k)
 
 
 def project_embeddings(embeddings: np.ndarray, n_checkpoints: int, dim: int = 128, seed: int = 0,
@@ -906,6 +1030,8 @@ class InfluenceStore:
     def __init__(self, path: str | Path):
         self.path = _store_location(path)
         self._embeddings = None
+        self._sq_norms = self._order = None
+        self._lock = threading.Lock()
         self._zarr = None
         if not _is_url(self.path) and (self.path / META_FILE).exists():
             self.format = "npy"
@@ -964,28 +1090,44 @@ class InfluenceStore:
 
     def self_influence(self) -> np.ndarray:
         """‖e(z)‖² of every training example (N,), in float64, a block of rows at a time (no float64 copy of
-        the whole store)."""
-        e = self.embeddings
-        out = np.empty(len(e))
-        rows = max(1, (16 << 20) // (8 * max(e.shape[1], 1)))
-        for s in range(0, len(e), rows):
-            b = np.asarray(e[s:s + rows], dtype=np.float64)
-            out[s:s + len(b)] = np.einsum("nd,nd->n", b, b)
-        return out
+        the whole store); computed once per store object (a copy is returned)."""
+        return self._norms()[0].copy()
+
+    def _norms(self) -> tuple[np.ndarray, np.ndarray]:
+        """(‖e‖² of every row, the rows by decreasing norm), computed at first use and kept."""
+        with self._lock:
+            if self._sq_norms is None:
+                e = self.embeddings
+                out = np.empty(len(e))
+                rows = max(1, (16 << 20) // (8 * max(e.shape[1], 1)))
+                for s in range(0, len(e), rows):
+                    b = np.asarray(e[s:s + rows], dtype=np.float64)
+                    out[s:s + len(b)] = np.einsum("nd,nd->n", b, b)
+                out.flags.writeable = False
+                self._order = norm_order(out)
+                self._sq_norms = out
+            return self._sq_norms, self._order
 
     def scores(self, test_embeddings: np.ndarray) -> np.ndarray:
         """Scores (n_test, N) float32 of test embeddings against the stored training embeddings (exact product,
         :func:`score_product`)."""
         return score_product(test_embeddings, self.embeddings)
 
-    def query(self, test_embeddings: np.ndarray, k: int = 10) -> list[TopK]:
-        """Top-k proponents/opponents of each test embedding (a matrix product plus top-k)."""
-        return top_k_rows(self.scores(test_embeddings), k)
+    def query(self, test_embeddings: np.ndarray, k: int = 10, prune: bool = True, stats: dict | None = None
+              ) -> list[TopK]:
+        """Top-k proponents/opponents of each test embedding, exact: a matrix product plus top-k, over only the
+        rows that can be in a top-k (``prune``, :func:`pruned_query`; the rows' norms are computed at the first
+        query and kept) or over all of them."""
+        if not prune:
+            return top_k_rows(self.scores(test_embeddings), k)
+        sq, order = self._norms()
+        return pruned_query(test_embeddings, self.embeddings, sq, k, order, stats)
 
-    def embed_test(self, x, y, ckpts: Sequence[Checkpoint] | None = None) -> np.ndarray:
+    def embed_test(self, x, y, ckpts: Sequence[Checkpoint] | None = None, device=None) -> np.ndarray:
+        """Embeddings of test examples as the store's were made (same method, layers, projection, checkpoints)."""
         ckpts = ckpts or self.checkpoints()
         self.check(ckpts)
-        return embed(ckpts, x, y, self.spec)
+        return embed(ckpts, x, y, self.spec, device=device)
 
 
 def _sha256_arrays(*arrays) -> str:
@@ -1101,7 +1243,7 @@ def precompute_store(out: str | Path, run, train: Examples | None = None, method
                      dim: int = 128, seed: int = 0, data: Any = None, batch_size: int | None = None,
                      progress: Callable[[int, int], None] | None = None, scheduler=None,
                      n_workers: int | None = None, chunk_rows: int | None = None,
-                     store_format: str | None = None) -> InfluenceStore:
+                     store_format: str | None = None, device: str | torch.device | None = None) -> InfluenceStore:
     """Compute the training embeddings of a run once and store them with the checkpoint hashes, the embedding
     spec and the data key. ``train`` defaults to the adapter's training examples of ``data``.
 
@@ -1112,7 +1254,8 @@ def precompute_store(out: str | Path, run, train: Examples | None = None, method
     weights with the tasks; they only need xaiscope installed and write access to ``out`` (a shared folder or an
     fsspec URL such as ``s3://bucket/store``). ``progress(done, total)`` counts gradient batches.
     ``store_format="npy"`` writes the older memory-mapped NumPy form (in-process only); the default is "zarr",
-    or "npy" where Zarr 3 is not installed (Python 3.10)."""
+    or "npy" where Zarr 3 is not installed (Python 3.10). ``device`` (in-process only): where the gradients are
+    computed, as in :func:`embed` (``"auto"``: a GPU when there is one)."""
     if store_format is None:
         store_format = "zarr" if zarr_available() or scheduler is not None or _is_url(out) else "npy"
     if store_format not in ("zarr", "npy"):
@@ -1120,23 +1263,28 @@ def precompute_store(out: str | Path, run, train: Examples | None = None, method
     if store_format == "npy" and (scheduler is not None or _is_url(out)):
         raise InfluenceError("a NumPy store is written in this process to a local folder; use store_format='zarr' "
                              "with a scheduler or a URL.")
+    if device is not None and scheduler is not None:
+        raise InfluenceError("device: the Dask workers compute on their own CPUs; drop --device or --scheduler.")
     ckpts = load_run(run)
     adapter = get_adapter(ckpts[0].kind)
     spec = EmbeddingSpec(method, layers, dim, seed)
     train = train if train is not None else adapter.examples(ckpts[-1], "train", data)
     if len(train) == 0:
         raise InfluenceError("no training examples to store.")
-    batch_size = int(batch_size or adapter.batch_size)
+    if device is not None:
+        device = choose_device(device)
+    on_gpu = device is not None and device.type != "cpu"
+    batch_size = int(batch_size or (adapter.device_batch_size or adapter.batch_size if on_gpu else adapter.batch_size))
     out = _store_location(out)
     _prepare_out(out)
-    probe = embed(ckpts, train.x[:1], train.y[:1], spec, adapter)
+    probe = embed(ckpts, train.x[:1], train.y[:1], spec, adapter, device=device)
     n, d = len(train), probe.shape[1]
     steps_per_ckpt = max(1, math.ceil(n / batch_size))
     total = len(ckpts) * steps_per_ckpt
 
     if store_format == "npy":
         arr = np.lib.format.open_memmap(out / EMBEDDINGS_FILE, mode="w+", dtype=np.float32, shape=(n, d))
-        embed(ckpts, train.x, train.y, spec, adapter, batch_size=batch_size, out=arr, progress=progress)
+        embed(ckpts, train.x, train.y, spec, adapter, batch_size=batch_size, out=arr, progress=progress, device=device)
         arr.flush()
         del arr
         (out / META_FILE).write_text(json.dumps(_store_meta(ckpts, spec, train, data, "npy", None, d), indent=1))
@@ -1165,7 +1313,7 @@ def precompute_store(out: str | Path, run, train: Examples | None = None, method
                     progress(base + k, total)
 
             arr[s:e] = embed(ckpts, train.x[s:e], train.y[s:e], spec, adapter, batch_size=batch_size,
-                                  progress=chunk_progress)
+                             progress=chunk_progress, device=device)
             done = base + steps[(s, e)]
     else:
         from distributed import as_completed
@@ -1223,7 +1371,7 @@ def run_precompute_cli(args) -> int:
                              data=args.data, batch_size=args.batch_size, progress=progress,
                              scheduler=getattr(args, "scheduler", None), n_workers=getattr(args, "workers", None),
                              chunk_rows=getattr(args, "chunk_rows", None),
-                             store_format=getattr(args, "store_format", None))
+                             store_format=getattr(args, "store_format", None), device=getattr(args, "device", None))
     bar.close()
     n, d = store.shape
     print(f"wrote {store.path}: {n} training examples × {d} ({store.spec.label}) from "

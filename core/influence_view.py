@@ -135,15 +135,16 @@ def cached_store(ckpts: Sequence[Checkpoint], spec: I.EmbeddingSpec, n_train: in
 
 
 def compute_store(ckpts: Sequence[Checkpoint], train: I.Examples, spec: I.EmbeddingSpec,
-                  progress: Callable[[int, int], None] | None = None, root: Path | None = None) -> I.InfluenceStore:
+                  progress: Callable[[int, int], None] | None = None, root: Path | None = None,
+                  device=None) -> I.InfluenceStore:
     """Compute and cache the training embeddings (written beside the final folder, then moved into place, so a
-    half-written store is never opened)."""
+    half-written store is never opened); ``device``: where the gradients are computed (default the CPU)."""
     final = store_dir(ckpts, spec, len(train), root)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
     try:
         I.precompute_store(tmp, list(ckpts), train, method=spec.method, layers=spec.layers, dim=spec.dim,
-                           seed=spec.seed, progress=progress)
+                           seed=spec.seed, progress=progress, device=device)
         try:
             os.replace(tmp, final)
         except OSError:  # another process put one there first
@@ -179,20 +180,22 @@ def _duration(s: float) -> str:
     return f"{s / 3600:.1f} h"
 
 
-def estimate_cost(ckpts: Sequence[Checkpoint], train: I.Examples, spec: I.EmbeddingSpec, probe: int | None = None
-                  ) -> CostEstimate:
+def estimate_cost(ckpts: Sequence[Checkpoint], train: I.Examples, spec: I.EmbeddingSpec, probe: int | None = None,
+                  device=None) -> CostEstimate:
     """Cost of embedding the training set: one checkpoint's embedding of 1 and of ``probe`` examples is timed
     (the difference gives the time per example, the rest the per-checkpoint set-up) and scaled to all examples
-    and checkpoints."""
+    and checkpoints; on ``device`` (default the CPU), where the probe is as large as a batch there."""
     adapter = I.get_adapter(ckpts[0].kind)
+    on_gpu = device is not None and I.choose_device(device).type != "cpu"
     if probe is None:  # batched routes: a batch of realistic size; the per-example loop: a few examples
-        probe = 4 if adapter.route == "loop" else min(32, adapter.batch_size)
+        probe = 4 if adapter.route == "loop" else \
+            min(512, adapter.device_batch_size or adapter.batch_size) if on_gpu else min(32, adapter.batch_size)
     n = min(max(2, probe), len(train))
     t0 = time.perf_counter()
-    one = I.embed([ckpts[0]], train.x[:1], train.y[:1], spec, adapter)
+    one = I.embed([ckpts[0]], train.x[:1], train.y[:1], spec, adapter, device=device)
     t1 = time.perf_counter() - t0
     t0 = time.perf_counter()
-    I.embed([ckpts[0]], train.x[:n], train.y[:n], spec, adapter)
+    I.embed([ckpts[0]], train.x[:n], train.y[:n], spec, adapter, device=device)
     tn = time.perf_counter() - t0
     per = max((tn - t1) / max(n - 1, 1), tn / n / 4, 1e-6)
     setup = max(t1 - per, 0.0)

@@ -197,6 +197,13 @@ class _NoStore(Exception):
     """No (fresh) store on disk: raised inside the cache's computation so that nothing is cached."""
 
 
+def _device():
+    """Where this process computes (the engine's default device: ``xaiscope serve --device``, else auto)."""
+    from xaiscope.core.engine import get_engine
+
+    return get_engine().default_device
+
+
 def compute_shared_store(ckpts, train: I.Examples, spec: I.EmbeddingSpec, progress=None, root=None
                          ) -> SharedStore:
     """Compute (and keep on disk and in the engine's cache) the training embeddings; concurrent sessions asking
@@ -206,7 +213,7 @@ def compute_shared_store(ckpts, train: I.Examples, spec: I.EmbeddingSpec, progre
     key = _store_key(ckpts, spec, len(train), root)
     return get_engine().cached(key, lambda: _share_store(
         V.cached_store(ckpts, spec, len(train), root)
-        or V.compute_store(ckpts, train, spec, progress=progress, root=root)))
+        or V.compute_store(ckpts, train, spec, progress=progress, root=root, device=_device())))
 
 
 _COAST = None
@@ -586,7 +593,7 @@ class TracInExplorer(pn.viewable.Viewer):
             from xaiscope.core.engine import get_engine
 
             store = shared_store(ctx.ckpts, spec, len(ctx.train), self._cache_dir)
-            est = None if store is not None else V.estimate_cost(ctx.ckpts, ctx.train, spec)
+            est = None if store is not None else V.estimate_cost(ctx.ckpts, ctx.train, spec, device=_device())
             loss = get_engine().cached(("tracin.train_loss", ctx.ckpts[-1].sha256, tuple(ctx.entry.paths)),
                                        lambda: V.training_loss(ctx.ckpts[-1], ctx.train))
             return store, est, loss

@@ -267,6 +267,143 @@ def test_score_product_equals_float64_reference_across_blocks(tmp_path, monkeypa
         I.score_product(q[:, :5], e)
 
 
+def _heavy_tailed(rng, n, d, n_test):
+    """Embeddings whose row norms span orders of magnitude, as per-example gradients do, and queries."""
+    e = rng.standard_normal((n, d)) * np.exp(rng.standard_normal((n, 1)) * 2.0)
+    return e.astype(np.float32), rng.standard_normal((n_test, d)).astype(np.float32)
+
+
+def _same_tops(got, want):
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g.proponents, w.proponents)
+        np.testing.assert_array_equal(g.opponents, w.opponents)
+        np.testing.assert_allclose(g.proponent_scores, w.proponent_scores, rtol=2e-5)
+        np.testing.assert_allclose(g.opponent_scores, w.opponent_scores, rtol=2e-5)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("n_test,k", [(1, 10), (10, 10), (4, 1), (3, 40)])
+def test_pruned_query_is_the_full_query(seed, n_test, k):
+    """The certified pruned query returns the indices and scores the full product + top-k returns, against an
+    independent float64 sort — and on heavy-tailed norms it scores only a part of the rows."""
+    rng = np.random.default_rng(seed)
+    e, q = _heavy_tailed(rng, 3000, 50, n_test)
+    sq = np.einsum("nd,nd->n", e.astype(np.float64), e.astype(np.float64))
+    stats = {}
+    got = I.pruned_query(q, e, sq, k, stats=stats)
+    _same_tops(I.query(q, e, k, sq_norms=sq), got)
+    _same_tops(got, I.query(q, e, k))
+    ref = q.astype(np.float64) @ e.astype(np.float64).T
+    for t, r in zip(got, ref):
+        order = np.argsort(r, kind="stable")
+        np.testing.assert_array_equal(t.proponents, order[::-1][:k])
+        np.testing.assert_array_equal(t.opponents, order[:k])
+    assert 0 < stats["rows_scored"] <= len(e)
+    if k <= 10:
+        assert stats["rows_scored"] < len(e) / 2, stats   # the norms span ~4 orders of magnitude: it prunes
+
+
+def test_pruned_query_falls_back_where_the_bound_cannot_prune():
+    """Rows of similar norm (random projections), all-negative scores, a zero query, k ≥ N: the same result as
+    the full query, every row scored."""
+    rng = np.random.default_rng(7)
+    e = rng.standard_normal((2000, 64)).astype(np.float32)
+    q = rng.standard_normal((3, 64)).astype(np.float32)
+    sq = np.einsum("nd,nd->n", e.astype(np.float64), e.astype(np.float64))
+    stats = {}
+    _same_tops(I.pruned_query(q, e, sq, 10, stats=stats), I.query(q, e, 10))
+    assert stats["rows_scored"] == len(e)
+    pos = np.abs(e)          # q < 0: every score negative, no proponent threshold above the bound
+    _same_tops(I.pruned_query(-np.abs(q), pos, sq, 5), I.query(-np.abs(q), pos, 5))
+    zero = np.zeros((1, 64), np.float32)
+    assert len(I.pruned_query(zero, e, sq, 5)[0].proponents) == 5
+    _same_tops(I.pruned_query(q, e[:7], sq[:7], 10), I.query(q, e[:7], 10))
+    with pytest.raises(I.InfluenceError, match="sq_norms"):
+        I.pruned_query(q, e, sq[:-1], 5)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_pruned_query_finds_small_rows_behind_large_orthogonal_ones(seed):
+    """The largest rows are (nearly) orthogonal to the query and the top scores belong to small rows: a bound
+    that stopped at the large ones, or prunes a little too eagerly, returns other rows."""
+    rng = np.random.default_rng(seed)
+    d = 40
+    q = rng.standard_normal(d)
+    u = q / np.linalg.norm(q)
+    big = rng.standard_normal((200, d)) * 50
+    big -= np.outer(big @ u, u) * (1 - 1e-4)                # scores ~1e-4 × their norm
+    small = rng.standard_normal((2800, d))
+    small[:30] = u * rng.uniform(0.5, 1.5, (30, 1)) + 0.05 * rng.standard_normal((30, d))   # aligned: the top
+    small[30:60] = -u * rng.uniform(0.5, 1.5, (30, 1)) + 0.05 * rng.standard_normal((30, d))  # and the bottom
+    e = np.concatenate([big, small])[rng.permutation(3000)].astype(np.float32)
+    qs = q[None].astype(np.float32)
+    sq = np.einsum("nd,nd->n", e.astype(np.float64), e.astype(np.float64))
+    _same_tops(I.pruned_query(qs, e, sq, 10), I.query(qs, e, 10))
+    ref = qs.astype(np.float64) @ e.astype(np.float64).T
+    assert list(I.pruned_query(qs, e, sq, 10)[0].proponents) == list(np.argsort(ref[0])[::-1][:10])
+
+
+def test_pruned_query_stops_exactly_at_the_bound():
+    """After the first block (the 64 largest rows) the best score is 10.348 (norm 10.4, cos 0.995) while an unscored
+    row of norm 10.39 is aligned with the query (score 10.39): the bound 10.39 > 10.348 must keep the query going.
+    A bound only 1 % too eager stops there and returns the wrong row."""
+    rng = np.random.default_rng(3)
+    d, n = 16, 1000
+    q = np.zeros((1, d), np.float32)
+    q[0, 0] = 1.0
+
+    def row(norm, cos):
+        v = np.zeros(d)
+        v[0], v[1] = cos, np.sqrt(1 - cos ** 2)
+        return v * norm
+
+    e = rng.standard_normal((n, d)) * 0.02
+    e[:62] = 0
+    e[:62, 2] = np.linspace(11, 12, 62)               # the largest rows, orthogonal to q
+    e[62], e[63] = row(10.4, 0.995), row(10.4, -0.995)  # best and worst of the first block: ±10.348
+    e[64], e[65] = row(10.39, 1.0), row(10.39, -1.0)  # the true top and bottom: ±10.39
+    e = e[rng.permutation(n)].astype(np.float32)
+    sq = np.einsum("nd,nd->n", e.astype(np.float64), e.astype(np.float64))
+    stats = {}
+    got = I.pruned_query(q, e, sq, 1, stats=stats)[0]
+    assert got.proponent_scores[0] == pytest.approx(10.39, rel=1e-5)
+    assert got.opponent_scores[0] == pytest.approx(-10.39, rel=1e-5)
+    assert 64 < stats["rows_scored"] < n          # went on past the first block, then stopped
+    _same_tops([got], I.query(q, e, 1))
+
+
+@pytest.mark.parametrize("k", [1, 3, 10])
+def test_ties_resolve_to_the_lower_training_index_in_both_queries(k):
+    """Repeated training examples (a window drawn twice) score exactly alike: both queries list them lower index
+    first and pick the same ones at the k-th place — as a stable sort of (score, index) does."""
+    rng = np.random.default_rng(11)
+    base, q = _heavy_tailed(rng, 700, 30, 4)
+    e = base[rng.integers(0, 700, 3000)]                      # every row several times
+    sq = np.einsum("nd,nd->n", e.astype(np.float64), e.astype(np.float64))
+    full, pruned = I.query(q, e, k), I.pruned_query(q, e, sq, k)
+    _same_tops(pruned, full)
+    s = I.score_product(q, e)
+    for t, row in zip(full, s):
+        np.testing.assert_array_equal(t.proponents, np.lexsort((np.arange(len(row)), -row))[:k])
+        np.testing.assert_array_equal(t.opponents, np.lexsort((np.arange(len(row)), row))[:k])
+
+
+def test_store_query_prunes_and_equals_full_product(tmp_path, lstm_run):
+    """On real per-example LSTM gradients (a Zarr store), the store's pruned query equals the full product's top-k
+    and the self-influence it keeps equals the store's."""
+    run, x, y = lstm_run
+    store = I.precompute_store(tmp_path / "store", run, I.Examples(x, y, np.arange(len(x))), batch_size=16)
+    q = store.embed_test(x[:5] * 0.7, y[:5])
+    full = store.query(q, k=3, prune=False)
+    _same_tops(store.query(q, k=3), full)
+    ref = store.scores(q).astype(np.float64)
+    assert [list(t.proponents) for t in full] == [list(np.argsort(r)[::-1][:3]) for r in ref]
+    si = store.self_influence()
+    np.testing.assert_allclose(si, I.self_influence(run, (x, y)), rtol=1e-4)
+    si[:] = 0                                     # a copy: the store's kept norms are untouched
+    _same_tops(store.query(q, k=3), full)
+
+
 def test_projected_store_equals_projection_embeddings(lstm_run):
     """Projecting stored exact embeddings per checkpoint block gives the projection method's embeddings."""
     run, x, y = lstm_run
@@ -336,6 +473,13 @@ def test_cli_precompute_influence(tmp_path, capsys):
                   I.EmbeddingSpec("projection", dim=16))
     np.testing.assert_allclose(store.embeddings[:4], ref, rtol=1e-5, atol=1e-7)
     assert main(["precompute", "influence", str(tmp_path), "--out", str(tmp_path / "t"), "--quiet"]) == 2
+    capsys.readouterr()
+    rc = main(["precompute", "influence", str(shipped[0].path.parent), "--out", str(tmp_path / "u"), "--method",
+               "last_layer", "--device", "cpu", "--quiet"])
+    assert rc == 0 and I.open_store(tmp_path / "u").shape[0] == len(train)
+    assert main(["precompute", "influence", str(shipped[0].path.parent), "--out", str(tmp_path / "v"),
+                 "--device", "tpu", "--quiet"]) == 2
+    assert "unknown device preference 'tpu'" in capsys.readouterr().err
 
 
 def test_shipped_sst_series_examples_and_scores():
@@ -503,3 +647,38 @@ def test_cli_precompute_influence_on_dask_scheduler(tmp_path, capsys, dask_clien
     np.testing.assert_allclose(d.embeddings, I.embed(I.load_run(run), train.x, train.y,
                                                      I.EmbeddingSpec("last_layer")), rtol=1e-5, atol=1e-8)
     assert d.meta["data"] == "demo" and d.meta["spec"]["method"] == "last_layer"
+
+
+# ------------------------------------------------------------------------------------------------ devices
+def test_embed_device_argument_on_cpu_and_bad_names(lstm_run):
+    """``device="cpu"`` is the default path; an unknown device name is one clear error."""
+    from xaiscope.core.errors import XaiscopeError
+
+    run, x, y = lstm_run
+    ckpts = I.load_run(run)
+    np.testing.assert_array_equal(I.embed(ckpts, x[:7], y[:7], device="cpu"), I.embed(ckpts, x[:7], y[:7]))
+    with pytest.raises(XaiscopeError, match="unknown device"):
+        I.embed(ckpts, x[:2], y[:2], device="tpu")
+    with pytest.raises(I.InfluenceError, match="Dask workers"):
+        I.precompute_store("unused", run, I.Examples(x, y, np.arange(len(x))), device="cpu", scheduler="local")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("which", ["lstm", "mlp"])
+def test_embed_on_cuda_equals_cpu(which, lstm_run, mlp_run, tmp_path):
+    """Per-example gradients on the GPU (large batches through the LSTM recursion and the probe route, exact
+    float32 math) equal the CPU's; the checkpoints' own models stay on the CPU; a store computed there queries
+    the same."""
+    run, x, y = lstm_run if which == "lstm" else mlp_run
+    ckpts = I.load_run(run)
+    for spec in (I.EmbeddingSpec("exact"), I.EmbeddingSpec("projection", dim=8, seed=2)):
+        cpu = I.embed(ckpts, x, y, spec)
+        for bs in (None, 5):
+            gpu = I.embed(ckpts, x, y, spec, device="cuda", batch_size=bs)
+            assert gpu.dtype == np.float32
+            np.testing.assert_allclose(gpu, cpu, rtol=1e-4, atol=1e-5 * np.abs(cpu).max())
+    assert all(next(c.model.parameters()).device.type == "cpu" for c in ckpts)
+    store = I.precompute_store(tmp_path / "s", run, I.Examples(x, y, np.arange(len(x))), device="cuda")
+    q = store.embed_test(x[:3], y[:3], device="cuda")
+    ref = I.tracin(run, (x, y), (x[:3], y[:3]))
+    assert [list(t.proponents) for t in store.query(q, k=5)] == [list(ref.top_k(i, 5).proponents) for i in range(3)]

@@ -8,6 +8,7 @@ import re
 import sys
 from pathlib import Path
 
+import holoviews as hv
 import numpy as np
 import pandas as pd
 import pytest
@@ -299,6 +300,23 @@ def test_hydro_windows_are_the_basin_data(cache):
     np.testing.assert_allclose(1 - data["rain_lo"], 0.45 * w["prcp"].values / w["prcp"].max(), atol=1e-9)
     np.testing.assert_allclose(data["q"], 0.85 * w["qobs"].values / np.nanmax(w["qobs"].values), equal_nan=True)
     assert (pd.DatetimeIndex(data["t"]) == w.index).all()
+    # 5,388 training windows: the self-influence plot is rasterized (Datashader), one Image instead of 5,388 markers,
+    # and a click on it opens the nearest example
+    from bokeh.models import GlyphRenderer, Image, Scatter
+
+    from xaiscope.dashboard import tracin
+
+    assert len(v.ctx.train) > tracin.LARGE
+    v.__panel__()
+    fig = hv.render(v._si_box.objects[0].object)
+    renderers = list(fig.select(GlyphRenderer))
+    assert any(isinstance(r.glyph, Image) for r in renderers), renderers
+    markers = [len(next(iter(r.data_source.data.values()), [])) for r in renderers if isinstance(r.glyph, Scatter)]
+    assert max(markers, default=0) <= 1, markers      # only the selected example's marker
+    df = v.self_influence_frame()
+    j = int(np.argmax(df["self_influence"].values))
+    v.select_near_point(df["log10_loss"][j] + 1e-6, df["log10_self_influence"][j])
+    assert v.selected == v.train_labels[j]
 
 
 def test_two_sessions_read_each_checkpoint_and_store_once(tmp_path, monkeypatch):

@@ -1190,8 +1190,8 @@ class TracInExplorer(pn.viewable.Viewer):
                    autosize_mode="force_fit",
                    formatters={"score": NumberFormatter(format="+0.000000"), "train_loss": fmt,
                                "self_influence": fmt})
-        self._prop_t = pn.widgets.DataFrame(empty.copy(), **tab)
-        self._opp_t = pn.widgets.DataFrame(empty.copy(), **tab)
+        self._prop_t = _RankTable(empty.copy(), **tab)
+        self._opp_t = _RankTable(empty.copy(), **tab)
         for t in (self._prop_t, self._opp_t):
             t.param.watch(lambda e, t=t: self._open_row(t, e.new[0]) if e.new else None, "selection")
         self._pick_box = pn.Column(sizing_mode="stretch_width")
@@ -1254,6 +1254,15 @@ class TracInExplorer(pn.viewable.Viewer):
                 return io.BytesIO(b"")
             return fn()
         return call
+
+
+class _RankTable(pn.widgets.DataFrame):
+    """Bokeh's DataTable without its own row-number column (the rows carry their rank)."""
+
+    def _get_properties(self, doc=None):
+        props = super()._get_properties(doc)
+        props["index_position"] = None
+        return props
 
 
 from xaiscope.dashboard.registry import register_view  # noqa: E402

@@ -232,6 +232,11 @@ def test_layout_renders_and_updates_in_place(view):
     view.test = view.test_labels[11]
     assert view.__panel__() is before and view.version > old
     assert list(view._prop_t.value["example"]) == list(view.ranked_frame().query("role == 'proponent'").example)
+    from bokeh.models import DataTable
+
+    tables = list(root.select({"type": DataTable}))
+    assert len(tables) == 2 and all(t.index_position is None for t in tables)   # the rank column, no row numbers
+    assert [c.field for c in tables[0].columns] == ["rank", "example", "score", "train_loss", "self_influence"]
 
 
 def _south_up(da):

@@ -229,6 +229,16 @@ def _map_palette() -> list[str]:
     return _PALETTE
 
 
+def two_lines(title: str) -> str:
+    """A large plot's title on two lines (the example, then what it holds): side by side the one-line titles
+    overflowed their plots. "…; input 2016-01" / "… (target 4.2 mm/day)" / "…: SST anomaly …" start the second."""
+    for sep in ("; ", " (", ": "):
+        if sep in title:
+            head, tail = title.split(sep, 1)
+            return f"{head}\n{tail[:-1] if sep == ' (' and tail.endswith(')') else tail}"
+    return title
+
+
 def _ms(t) -> float:
     """A time as Bokeh places it on a datetime axis: milliseconds since 1970."""
     return pd.Timestamp(t).value / 1e6
@@ -1017,8 +1027,8 @@ class TracInExplorer(pn.viewable.Viewer):
         observed discharge (``t``, ``prcp``, ``qobs``); maps: the SST anomaly (float32, rows south to north)."""
         empty = i is None
         j = 0 if empty else int(i)
-        title = "no training example selected: click a row, a thumbnail or a point" if empty \
-            else self.example_title(split, j)
+        title = "no training example selected:\nclick a row, a thumbnail or a point" if empty \
+            else two_lines(self.example_title(split, j))
         if self.kind == "hydro_lstm":
             df = self.hydro_window("test", self.test_index) if empty else self.hydro_window(split, j)
             nan = np.full(len(df), np.nan)

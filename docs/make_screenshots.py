@@ -77,14 +77,14 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--data", default=None)
     p.add_argument("--out", default=str(HERE / "screenshots"))
-    p.add_argument("--only", choices=["lrp"], default=None, help="only the screenshot of this view")
+    p.add_argument("--only", choices=["lrp", "tracin"], default=None, help="only the screenshot of this view")
     args = p.parse_args(argv)
-    if args.only == "lrp":
+    if args.only is not None:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         with served_app() as (url, _, _):
             with browser_page(viewport=(1280, 1760)) as page:
-                lrp_screenshot(page, url, out)
+                {"lrp": lrp_screenshot, "tracin": tracin_screenshot}[args.only](page, url, out)
         return 0
     from xaiscope.dashboard.sources import default_checkpoints
 

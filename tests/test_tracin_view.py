@@ -262,7 +262,13 @@ def test_click_updates_the_same_bokeh_figures_with_the_new_examples(view):
         assert mapper.high == -mapper.low > 0
     np.testing.assert_allclose(view._big["test"]["src"].data["image"][0],
                                _south_up(view.example_map("test", view.test_index)), equal_nan=True)
-    assert big.title.text == view.example_title("test", view.test_index)
+    from xaiscope.dashboard import tracin
+
+    assert big.title.text == tracin.two_lines(view.example_title("test", view.test_index))
+    assert big.title.text.replace("\n", "; ") == view.example_title("test", view.test_index)   # SST: "…; input …"
+    assert tracin.two_lines("training window ending 1987-04-02 (target 46.30 mm/day)") == \
+        "training window ending 1987-04-02\ntarget 46.30 mm/day"
+    assert tracin.two_lines("test start 2001-01: SST anomaly") == "test start 2001-01\nSST anomaly"
     month = pd.Timestamp(view.ctx.test.index[view.test_index])
     assert view._pick_span is not None and view._pick_span.location == month.value / 1e6
     # a tap on a thumbnail (the Bokeh event its figure is subscribed to) opens that proponent in the large plot

@@ -59,6 +59,8 @@ DEFAULTS = {"sst_qoi_mlp": ("last_layer", []), "hydro_lstm": ("last_layer", []),
             "enso_convlstm": ("exact", ["map_head", "nino_head", "phase_head"])}
 AUTO_SECONDS = 120.0     # a missing store estimated to take longer waits for the user's go
 LARGE = 3000             # more training examples than this: the self-influence plot is rasterized
+PROGRESS_AFTER_S = 0.3   # a job still running after this long shows its label and progress bar (a click's
+                         # scoring takes ~30 ms: showing and hiding the bar would re-lay out the page twice)
 DIAG_SECONDS = 8.0       # time budget for the test embeddings of the diagnostics
 DIAG_MAX = 64
 DIAG_BATCH = 32          # test examples per batched gradient of the diagnostics
@@ -436,12 +438,17 @@ class TracInExplorer(pn.viewable.Viewer):
 
         async def run():
             loop = asyncio.get_running_loop()
+            shown = []
+
+            def show(fraction):
+                if token == self._token:
+                    shown.append(True)
+                    self._show_progress(label, fraction)
 
             def report(done, total):
-                if token == self._token:
-                    loop.call_soon_threadsafe(self._show_progress, label, done / max(total, 1))
+                loop.call_soon_threadsafe(show, done / max(total, 1))
 
-            self._show_progress(label, None)
+            later = loop.call_later(PROGRESS_AFTER_S, show, None)
             try:
                 result = await asyncio.to_thread(work, report)
                 if token == self._token:
@@ -452,7 +459,8 @@ class TracInExplorer(pn.viewable.Viewer):
                 except Exception:  # noqa: BLE001 - the session is gone
                     log.debug("could not show the error", exc_info=True)
             finally:
-                if token == self._token:
+                later.cancel()
+                if token == self._token and (shown or self._progress.visible):   # also an older job's bar
                     try:
                         await self._in_doc(doc, self._hide_progress)
                     except Exception:  # noqa: BLE001

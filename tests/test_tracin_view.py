@@ -457,3 +457,47 @@ def test_browser_pick_test_example_and_open_proponent(tmp_path, sst):
             page.wait_for_timeout(1000)
             assert page.external_requests == []
             assert page.console_errors == [], page.console_errors
+
+
+def test_served_jobs_show_progress_only_when_slow(view, monkeypatch):
+    """Served, a quick job (a click's scoring) neither shows nor hides the progress bar — no layout change in the
+    page; a slow one shows its label and bar after PROGRESS_AFTER_S and hides them at the end; a quick job after a
+    slow one that was superseded still hides the slow one's bar."""
+    import asyncio
+    import time as _time
+
+    from xaiscope.dashboard import tracin
+
+    monkeypatch.setattr(tracin, "PROGRESS_AFTER_S", 0.1)
+    coros = []
+    monkeypatch.setattr(view, "_in_server", lambda: True)
+    monkeypatch.setattr(tracin.pn.state, "execute", lambda fn: coros.append(fn))
+
+    async def in_doc(_doc, fn, *args):
+        return fn(*args)
+
+    monkeypatch.setattr(view, "_in_doc", in_doc)
+    seen, done = [], []
+
+    def slow(_progress):
+        _time.sleep(0.3)
+        seen.append((view._progress.visible, "Slow job" in view._status_md.object))
+        return 1
+
+    async def scenario():
+        view._job("Quick job", lambda _p: 1, done.append)
+        await coros.pop()()
+        assert done == [1] and not view._progress.visible and "Quick job" not in view._status_md.object
+        view._job("Slow job", slow, done.append)
+        await coros.pop()()
+        assert seen == [(True, True)] and done == [1, 1] and not view._progress.visible
+        view._job("Superseded job", slow, done.append)       # shows its bar, then a newer job takes over
+        first = asyncio.ensure_future(coros.pop()())
+        await asyncio.sleep(0.2)
+        assert view._progress.visible
+        view._job("Quick job", lambda _p: 2, done.append)
+        await coros.pop()()
+        await first
+        assert done[-1] == 2 and not view._progress.visible and view._status_md.object == view.status
+
+    asyncio.run(scenario())

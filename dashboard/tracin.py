@@ -778,6 +778,18 @@ class TracInExplorer(pn.viewable.Viewer):
         return xr.DataArray(v, dims=("lat", "lon"), coords={"lat": self.ctx.extra["lat"], "lon": self.ctx.extra["lon"]},
                             name="sst_anomaly", attrs={"units": "degC"})
 
+    def map_image(self, split: str, i: int) -> tuple[dict, float]:
+        """:func:`_map_image` of :meth:`example_map`, kept per series context (shared by sessions; ~10 KB a map at
+        5°): a click redraws ten thumbnails, mostly of examples drawn before."""
+        kept = self.ctx.extra.setdefault("map_images", {})
+        key = (split, int(i))
+        if key not in kept:
+            data, c = _map_image(self.example_map(split, i))
+            data["image"][0].flags.writeable = False        # shared: never modified in place
+            kept[key] = data, c
+        data, c = kept[key]
+        return dict(data), c
+
     def example_title(self, split: str, i: int) -> str:
         ex = self.example(split, i)
         what = "test" if split == "test" else "training"
@@ -861,7 +873,7 @@ class TracInExplorer(pn.viewable.Viewer):
             q = q / max(np.nanmax(q), 1e-9) if have and np.isfinite(q).any() else q
             return title, {"t": df.index.values, "rain_lo": 1.0 - 0.45 * p, "rain_hi": np.ones(len(p)),
                            "q": 0.85 * q}, 1.0
-        return (title, *_map_image(self.example_map("train", i), blank=not have))
+        return (title, *(self.map_image("train", i) if have else _map_image(self.example_map("train", i), True)))
 
     def pick_base(self):
         """The series a test example is picked from (static): discharge of the test period (hydro), the QoI of
@@ -1042,7 +1054,7 @@ class TracInExplorer(pn.viewable.Viewer):
             nan = np.full(len(df), np.nan)
             return title, {"t": df.index.values, "prcp": nan if empty else df["prcp"].values,
                            "qobs": nan if empty else df["qobs"].values}, 1.0
-        return (title, *_map_image(self.example_map(split, j), blank=empty))
+        return (title, *(_map_image(self.example_map(split, j), blank=True) if empty else self.map_image(split, j)))
 
     def _big_figure(self, split: str):
         """The large plot of the test or the selected training example: a Bokeh figure built once per model and

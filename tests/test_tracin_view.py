@@ -501,3 +501,21 @@ def test_served_jobs_show_progress_only_when_slow(view, monkeypatch):
         assert done[-1] == 2 and not view._progress.visible and view._status_md.object == view.status
 
     asyncio.run(scenario())
+
+
+def test_map_images_are_computed_once_per_series(view, monkeypatch):
+    """A thumbnail's map image is the example's SST map (as :func:`_map_image` draws it), made once per series
+    context and shared; the cached array cannot be modified."""
+    from xaiscope.dashboard import tracin
+
+    i = len(view.train_labels) - 3
+    view.ctx.extra.get("map_images", {}).pop(("train", i), None)
+    calls = []
+    orig = view.example_map
+    monkeypatch.setattr(view, "example_map", lambda split, j: calls.append(j) or orig(split, j))
+    a, ca = view.map_image("train", i)
+    b, cb = view.map_image("train", i)
+    ref, cr = tracin._map_image(orig("train", i))
+    assert calls == [i] and ca == cb == cr
+    np.testing.assert_array_equal(a["image"][0], ref["image"][0])
+    assert a is not b and a["image"][0] is b["image"][0] and not a["image"][0].flags.writeable

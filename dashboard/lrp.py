@@ -323,6 +323,20 @@ LON_LABELS = {x: _lon_label(x + 180.0) for x in (-150, -90, -30, 30, 90, 150)}
 LAT_LABELS = {y: "0°" if y == 0 else f"{abs(y)}°{'S' if y < 0 else 'N'}" for y in (-40, -20, 0, 20, 40, 60)}
 
 
+class _IndexSlider(pn.widgets.IntSlider):
+    """An ``IntSlider`` whose Bokeh tick formatter is a new copy in every document it is drawn into (one formatter
+    object in two documents — the view shown a second time in a notebook — is refused by Bokeh)."""
+
+    def _process_param_change(self, params):
+        from bokeh.models import CustomJSTickFormatter
+
+        params = super()._process_param_change(params)
+        fmt = params.get("format")
+        if isinstance(fmt, CustomJSTickFormatter):
+            params["format"] = CustomJSTickFormatter(code=fmt.code, args=dict(fmt.args))
+        return params
+
+
 def _index_slider(name: str, options: list, index: int, **kw):
     """A slider over the positions of ``options`` whose title shows the option (a ``DiscreteSlider`` redraws its
     separate label element on every step, which makes the browser lay out the whole page again)."""
@@ -330,8 +344,8 @@ def _index_slider(name: str, options: list, index: int, **kw):
 
     fmt = CustomJSTickFormatter(code=f"const o = {json.dumps([str(o) for o in options])}; "
                                      "return o[Math.round(tick)] ?? String(tick);")
-    return pn.widgets.IntSlider(label=name, start=0, end=max(len(options) - 1, 1), value=index, step=1, format=fmt,
-                                disabled=len(options) < 2, **kw)
+    return _IndexSlider(label=name, start=0, end=max(len(options) - 1, 1), value=index, step=1, format=fmt,
+                        disabled=len(options) < 2, **kw)
 
 
 def _absmax(da: xr.DataArray) -> float:

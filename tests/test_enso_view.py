@@ -634,3 +634,18 @@ def test_background_result_for_a_closed_page_is_dropped(view):
         assert ran == [2] and queued == []
     finally:
         view._doc = old
+
+
+def test_one_view_drawn_again_into_a_new_document(view):
+    """A notebook cell displaying the same explorer again makes a new Bokeh document: it draws, and the maps follow
+    the view's changes there."""
+    from bokeh.document import Document
+
+    docs = [Document(), Document()]
+    for d in docs:                                       # as a notebook output does: render, then add to its document
+        d.add_root(view.__panel__().get_root(d))
+    view.param.update(projection="platecarree", lead=2)
+    view.start = "2016-03"
+    f = view._figs["platecarree"]["forecast"]
+    assert f["figure"].document is docs[1]
+    np.testing.assert_array_equal(f["source"].data["image"][0], view.map_data("forecast")["source"]["image"][0])

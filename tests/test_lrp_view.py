@@ -534,3 +534,22 @@ def test_browser_switch_lag_and_rule(tmp_path):
             page.wait_for_timeout(1000)
             assert page.external_requests == []
             assert page.console_errors == [], page.console_errors
+
+
+def test_one_view_drawn_again_into_a_new_document(view):
+    """A notebook cell displaying the same explorer again makes a new Bokeh document: it must draw (Bokeh refuses
+    one model in two documents — the sliders' tick formatters were shared) and follow the view's changes."""
+    from bokeh.document import Document
+    from bokeh.models import CustomJSTickFormatter, Slider
+
+    docs, roots = [Document(), Document()], []
+    for d in docs:                                       # as a notebook output does: render, then add to its document
+        roots.append(view.__panel__().get_root(d))
+        d.add_root(roots[-1])                            # raised "Models must be owned by only a single document"
+    fmts = [[s.format for s in r.select({"type": Slider}) if isinstance(s.format, CustomJSTickFormatter)]
+            for r in roots]
+    assert fmts[0] and len(fmts[0]) == len(fmts[1]) and not {id(f) for f in fmts[0]} & {id(f) for f in fmts[1]}
+    assert sorted(f.code for f in fmts[0]) == sorted(f.code for f in fmts[1])
+    view.param.update(lag=5, rule="epsilon")
+    assert view._figs["relevance"].document is docs[1]          # the plots follow the latest output
+    assert view._figs["relevance"].title.text.startswith("LRP ε, lag 5")

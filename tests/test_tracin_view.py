@@ -519,3 +519,21 @@ def test_map_images_are_computed_once_per_series(view, monkeypatch):
     assert calls == [i] and ca == cb == cr
     np.testing.assert_array_equal(a["image"][0], ref["image"][0])
     assert a is not b and a["image"][0] is b["image"][0] and not a["image"][0].flags.writeable
+
+
+def test_one_view_drawn_again_into_a_new_document(view):
+    """A notebook cell displaying the same explorer again makes a new Bokeh document: it draws, the tables and the
+    large plots follow the view's changes there."""
+    from bokeh.document import Document
+    from bokeh.models import DataTable
+
+    docs, roots = [Document(), Document()], []
+    for d in docs:                                       # as a notebook output does: render, then add to its document
+        roots.append(view.__panel__().get_root(d))
+        d.add_root(roots[-1])
+    view.test = view.test_labels[23]
+    assert view._big["test"]["fig"].document is docs[1]
+    assert view._big["test"]["fig"].title.text.startswith(f"test {view.test_labels[23]}")
+    shown = sorted(list(t.source.data["example"]) for t in roots[1].select({"type": DataTable}))
+    df = view.ranked_frame()
+    assert shown == sorted(list(df[df.role == role].example) for role in ("proponent", "opponent"))

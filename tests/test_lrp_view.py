@@ -492,14 +492,17 @@ def test_notebook_embedding_with_plain_extension(tmp_path):
             "rule='zplus')\n"
             "v")
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code),
-                                         nbformat.v4.new_code_cell("v.lag = 6\nprint(v.error == '', v.setup.lags)")])
+                                         nbformat.v4.new_code_cell("v.lag = 6\nprint(v.error == '', v.setup.lags)"),
+                                         nbformat.v4.new_code_cell("v")])   # the same explorer shown again
     nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}}).execute()
     outs = [o for c in nb.cells for o in c.get("outputs", [])]
-    assert not [o for o in outs if o.get("output_type") == "error"]
+    assert not [o for o in outs if o.get("output_type") == "error"], [o for o in outs if o.get("output_type") == "error"]
     mimetypes = {m for o in outs for m in o.get("data", {})}
     assert any(re.match(r"application/vnd\.holoviews_exec\.v0\+json", m) for m in mimetypes), mimetypes
     assert "True [3, 6]" in "".join(o.get("text", "") for o in outs)
+    assert any(re.match(r"application/vnd\.holoviews_exec\.v0\+json", m) for o in nb.cells[2].outputs
+               for m in o.get("data", {})), nb.cells[2].outputs
 
 
 # ------------------------------------------------------------------------------------------------ browser

@@ -132,7 +132,7 @@ def main(argv=None) -> dict:
             torch.cuda.synchronize(device)
 
     # floor: batched forward + backward of the model alone
-    bs = args.batch or (adapter.device_batch_size if on_gpu else adapter.batch_size)
+    bs = args.batch or adapter.batch_size_on(device)
     t0, c0 = time.perf_counter(), time.process_time()
     for c in ckpts:
         m = I._model_on(I.prepare_model(c), device)

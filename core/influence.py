@@ -109,6 +109,12 @@ class TaskAdapter:
     device_batch_size: int | None = None   # on a GPU (None: batch_size)
     description = ""
 
+    def batch_size_on(self, device: torch.device | None) -> int:
+        """Examples per gradient batch on ``device`` (``None``: the CPU): ``batch_size``, on a GPU
+        ``device_batch_size`` where set."""
+        on_gpu = device is not None and torch.device(device).type != "cpu"
+        return int(self.device_batch_size or self.batch_size) if on_gpu else int(self.batch_size)
+
     def examples(self, ckpt: Checkpoint, split: str = "train", data: Any = None) -> Examples:
         raise NotImplementedError
 
@@ -698,7 +704,7 @@ def embed(ckpts: Sequence[Checkpoint], x, y, spec: EmbeddingSpec | None = None, 
     adapter = adapter or get_adapter(ckpts[0].kind)
     device = torch.device("cpu") if device is None else choose_device(device)
     on_cpu = device.type == "cpu"
-    batch_size = int(batch_size or (adapter.batch_size if on_cpu else adapter.device_batch_size or adapter.batch_size))
+    batch_size = int(batch_size or adapter.batch_size_on(device))
     n = len(x)
     blocks, total = [], 0
     for c in ckpts:
@@ -1273,8 +1279,7 @@ def precompute_store(out: str | Path, run, train: Examples | None = None, method
         raise InfluenceError("no training examples to store.")
     if device is not None:
         device = choose_device(device)
-    on_gpu = device is not None and device.type != "cpu"
-    batch_size = int(batch_size or (adapter.device_batch_size or adapter.batch_size if on_gpu else adapter.batch_size))
+    batch_size = int(batch_size or adapter.batch_size_on(device))
     out = _store_location(out)
     _prepare_out(out)
     probe = embed(ckpts, train.x[:1], train.y[:1], spec, adapter, device=device)

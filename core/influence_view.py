@@ -186,10 +186,10 @@ def estimate_cost(ckpts: Sequence[Checkpoint], train: I.Examples, spec: I.Embedd
     (the difference gives the time per example, the rest the per-checkpoint set-up) and scaled to all examples
     and checkpoints; on ``device`` (default the CPU), where the probe is as large as a batch there."""
     adapter = I.get_adapter(ckpts[0].kind)
-    on_gpu = device is not None and I.choose_device(device).type != "cpu"
+    device = None if device is None else I.choose_device(device)
+    on_gpu = device is not None and device.type != "cpu"
     if probe is None:  # batched routes: a batch of realistic size; the per-example loop: a few examples
-        probe = 4 if adapter.route == "loop" else \
-            min(512, adapter.device_batch_size or adapter.batch_size) if on_gpu else min(32, adapter.batch_size)
+        probe = 4 if adapter.route == "loop" else min(512 if on_gpu else 32, adapter.batch_size_on(device))
     n = min(max(2, probe), len(train))
     t0 = time.perf_counter()
     one = I.embed([ckpts[0]], train.x[:1], train.y[:1], spec, adapter, device=device)

@@ -703,12 +703,11 @@ def embed(ckpts: Sequence[Checkpoint], x, y, spec: EmbeddingSpec | None = None, 
     spec = spec or EmbeddingSpec()
     adapter = adapter or get_adapter(ckpts[0].kind)
     device = torch.device("cpu") if device is None else choose_device(device)
-    on_cpu = device.type == "cpu"
     batch_size = int(batch_size or adapter.batch_size_on(device))
     n = len(x)
     blocks, total = [], 0
     for c in ckpts:
-        model = prepare_model(c) if on_cpu else _model_on(prepare_model(c), device)
+        model = _model_on(prepare_model(c), device)
         names = head_names(model, adapter) if spec.method == "last_layer" else param_names(model, spec.layers)
         d = sum(dict(model.named_parameters())[k].numel() for k in names)
         blocks.append((c, model, names, d))
@@ -723,17 +722,14 @@ def embed(ckpts: Sequence[Checkpoint], x, y, spec: EmbeddingSpec | None = None, 
         dtype = next(model.parameters()).dtype
         scale = math.sqrt(learning_rate(c))
         proj = _projection(d, spec.dim, spec.seed + ci, dtype) if spec.method == "projection" else None
-        if proj is not None and not on_cpu:
+        if proj is not None:
             proj = proj.to(device)
         width = spec.dim if proj is not None else d
         route = "last_layer" if spec.method == "last_layer" else None
         for s in range(0, n, batch_size):
             xb, yb = _as_tensor(x[s:s + batch_size], dtype), _as_tensor(y[s:s + batch_size], dtype)
-            if on_cpu:
-                g = per_sample_grads(adapter, model, xb, yb, names, route).detach()
-            else:
-                with exact_math():
-                    g = per_sample_grads(adapter, model, xb.to(device), yb.to(device), names, route).detach()
+            with exact_math():
+                g = per_sample_grads(adapter, model, xb.to(device), yb.to(device), names, route).detach()
             if proj is not None:
                 g = g @ proj
             else:
@@ -885,8 +881,9 @@ def pruned_query(test_embeddings: np.ndarray, train_embeddings: np.ndarray, sq_n
     :data:`PRUNE_MARGIN` for float32 round-off) is below both the k-th largest score and minus the k-th smallest
     of every test embedding, no unscored row can enter any top-k and the query stops. Where the bound does not
     prune within a quarter of the rows (norms of similar size, e.g. random projections), every row is scored as
-    in the plain query (at most 1.25× its work). The result — indices and float32 scores — is the one :func:`query` gives without
-    ``sq_norms`` (test). ``stats``, a dict, gets ``rows_scored`` (how many training rows were multiplied)."""
+    in the plain query (at most 1.25× its work). The result — indices and float32 scores — is the one
+    :func:`query` gives without ``sq_norms`` (test). ``stats``, a dict, gets ``rows_scored`` (how many distinct
+    training rows were scored)."""
     q = np.ascontiguousarray(np.atleast_2d(test_embeddings), dtype=np.float32)
     E = train_embeddings
     n, d = E.shape
@@ -905,29 +902,23 @@ def pruned_query(test_embeddings: np.ndarray, train_embeddings: np.ndarray, sq_n
         E = np.asarray(E, dtype=np.float32)
     margin = max(PRUNE_MARGIN, 2.0 * d * 2.0 ** -24)
     stats = stats if stats is not None else {}
-    parts, done = [], 0
+    idx, scores = np.empty(0, dtype=np.intp), np.empty((len(q), 0), dtype=np.float32)   # the rows scored so far
     for frac in PRUNE_STEPS:
-        stop = min(n, done + max(int(math.ceil(frac * n)), 4 * k, 64))
-        rows = np.sort(order[done:stop])           # ascending: the gather reads memory in order
-        block = np.empty((len(q), len(rows)), dtype=np.float32)
-        np.matmul(q, np.take(E, rows, axis=0).T, out=block)
-        parts.append((rows, block))
-        done = stop
-        if done >= n:
-            break
-        idx = np.concatenate([r for r, _ in parts])
-        scores = np.concatenate([b for _, b in parts], axis=1)
+        stop = min(n, len(idx) + max(int(math.ceil(frac * n)), 4 * k, 64))
+        rows = np.sort(order[len(idx):stop])       # ascending: the gather reads memory in order
+        idx = np.concatenate([idx, rows])
+        scores = np.concatenate([scores, q @ np.take(E, rows, axis=0).T], axis=1)
+        if stop >= n:
+            stats["rows_scored"] = n
+            return top_k_rows(scores, k, labels=idx)
         if len(idx) >= k:
             part = np.partition(scores, (k - 1, len(idx) - k), axis=1)
             kth_low, kth_high = part[:, k - 1].astype(np.float64), part[:, len(idx) - k].astype(np.float64)
-            bound = qn * norms[order[done]] * (1 + margin)
+            bound = qn * norms[order[stop]] * (1 + margin)
             if np.all((bound < kth_high) & (bound < -kth_low)):
-                stats["rows_scored"] = done
+                stats["rows_scored"] = stop
                 return top_k_rows(scores, k, labels=idx)
     stats["rows_scored"] = n
-    if done >= n:
-        return top_k_rows(np.concatenate([b for _, b in parts], axis=1), k,
-                          labels=np.concatenate([r for r, _ in parts]))
     return top_k_rows(score_product(q, E), k)
 
 
